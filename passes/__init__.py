@@ -1,0 +1,11 @@
+"""The registered passes: one explicit list, in the order ``--list-passes`` prints them."""
+from __future__ import annotations
+
+from onnxprune.manager import Pass, Registry
+from onnxprune.passes.fold_bn import FoldBatchNorm
+
+PASSES: list[type[Pass]] = [
+    FoldBatchNorm,
+]
+
+REGISTRY = Registry(PASSES)

@@ -1,0 +1,149 @@
+"""The command line: the happy path on the bundled model and every error path.
+
+Each error must give one line on stderr, the documented exit code, no traceback, and
+leave the input file byte-identical.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT / "models" / "mnist-8.onnx"
+
+
+def _digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture()
+def model(tmp_path) -> Path:
+    p = tmp_path / "in.onnx"
+    p.write_bytes(MNIST.read_bytes())
+    return p
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_happy_path_reports(model, tmp_path, capsys):
+    before = _digest(model)
+    out = tmp_path / "small.onnx"
+    code, stdout, err = _run(capsys, model, "--passes", "fold-bn", "-o", out, "--report", tmp_path / "r.json",
+                             "--report", tmp_path / "r.md", "--report", tmp_path / "r.html", "--latency-runs", "5")
+    assert code == 0, err
+    assert _digest(model) == before
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    rep = json.loads((tmp_path / "r.json").read_text())
+    for side in ("before", "after"):
+        assert {"flops", "params", "size_bytes"} <= set(rep[side])
+    assert rep["after"]["size_bytes"] == out.stat().st_size
+    assert rep["passes"][0]["name"] == "fold-bn" and rep["passes"][0]["modified"] is True
+    assert rep["passes"][0]["stats"]["folded"] == {"Add": 2}
+    val = rep["validation"]
+    assert "random" in val["data"]["source"]
+    assert val["outputs"]["Plus214_Output_0"]["max_abs"] < 1e-3
+    assert val["latency"]["before_ms"] > 0 and val["latency"]["after_ms"] > 0
+    assert "| FLOPs |" in (tmp_path / "r.md").read_text()
+    assert "<table>" in (tmp_path / "r.html").read_text()
+    assert "FLOPs" in stdout and "wrote" in stdout
+
+
+def test_list_passes(capsys):
+    code, out, _ = _run(capsys, "--list-passes")
+    assert code == 0 and out.startswith("fold-bn")
+
+
+def _expect_error(capsys, model: Path | None, argv: list, code: int, message: str) -> None:
+    before = _digest(model) if model else None
+    got, out, err = _run(capsys, *argv)
+    assert got == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxprune: error: "), err
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in err
+    if model:
+        assert _digest(model) == before
+
+
+def test_missing_file(capsys, tmp_path):
+    _expect_error(capsys, None, [tmp_path / "nope.onnx", "--passes", "fold-bn"], 3, "no such file")
+
+
+def test_not_onnx(capsys, tmp_path):
+    p = tmp_path / "x.onnx"
+    p.write_text("definitely not protobuf\n" * 20)
+    _expect_error(capsys, p, [p, "--passes", "fold-bn"], 3, "not an ONNX model")
+
+
+def test_truncated(capsys, tmp_path):
+    p = tmp_path / "t.onnx"
+    p.write_bytes(MNIST.read_bytes()[:9000])
+    _expect_error(capsys, p, [p, "--passes", "fold-bn", "-o", tmp_path / "o.onnx"], 3, "t.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_unknown_pass(capsys, model):
+    _expect_error(capsys, model, [model, "--passes", "fold-bm"], 2, "unknown pass 'fold-bm'; valid passes: fold-bn")
+
+
+def test_unknown_key(capsys, model):
+    _expect_error(capsys, model, [model, "--passes", "fold-bn:ratio=0.3"], 2, "unknown option 'ratio'")
+
+
+@pytest.mark.parametrize("flag, value, message", [("--batch-size", "0", "--batch-size must be at least 1"),
+                                                  ("--threads", "0", "--threads must be at least 1"),
+                                                  ("--latency-runs", "-1", "--latency-runs must be 0 or more")])
+def test_value_out_of_range(capsys, model, flag, value, message):
+    _expect_error(capsys, model, [model, flag, value], 2, message)
+
+
+def test_bad_flag_is_one_line(capsys, model):
+    _expect_error(capsys, model, [model, "--frobnicate"], 2, "unrecognized arguments")
+
+
+def test_output_is_input_refused(capsys, model):
+    _expect_error(capsys, model, [model, "--passes", "fold-bn", "-o", model], 2, "never overwrites its input")
+
+
+def test_data_wrong_shape(capsys, model, tmp_path):
+    np.savez(tmp_path / "d.npz", Input3=np.zeros((1, 1, 27, 28), np.float32))
+    _expect_error(capsys, model, [model, "--passes", "fold-bn", "--data", tmp_path / "d.npz", "-o", tmp_path / "o.onnx"],
+                  4, "Input3")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_data_wrong_name(capsys, model, tmp_path):
+    np.savez(tmp_path / "d.npz", image=np.zeros((1, 1, 28, 28), np.float32), other=np.zeros(3))
+    _expect_error(capsys, model, [model, "--data", tmp_path / "d.npz"], 4, "Input3")
+
+
+def test_report_bad_suffix(capsys, model, tmp_path):
+    _expect_error(capsys, model, [model, "--report", tmp_path / "r.txt"], 2, "unknown format")
+
+
+def test_verbose_shows_traceback(capsys, tmp_path):
+    code, _, err = _run(capsys, tmp_path / "nope.onnx", "-v")
+    assert code == 3 and "Traceback" in err
+
+
+def test_console_script_and_module(tmp_path, model):
+    """`python -m onnxprune` works from any folder and exits non-zero on errors."""
+    ok = subprocess.run([sys.executable, "-m", "onnxprune", str(model), "--passes", "fold-bn", "-q", "--no-validate",
+                         "-o", str(tmp_path / "o.onnx")], cwd=tmp_path, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "onnxprune", str(tmp_path / "missing.onnx")], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert bad.returncode == 3 and bad.stderr.count("\n") == 1
