@@ -6,6 +6,7 @@ exporters' habits uniform so passes see one shape of graph:
 
 * weights held in ``Constant`` nodes become initializers;
 * ``Identity`` nodes on initializers collapse onto the initializer;
+* subgraphs of constants are folded into initializers (a Reshape of a weight);
 * initializers nobody reads are dropped;
 * every node gets a unique name (reports and layer patterns need them);
 * graph outputs declared without a shape get the inferred one (the full checker needs it);
@@ -124,9 +125,34 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     for t in unused:
         g.initializer.remove(t)
 
-    _name_nodes(g)
+    _fold_constants(m)
+    _name_nodes(m.graph)
     _fill_output_shapes(m)
     return m
+
+
+FOLD_SIZE_LIMIT = 1 << 24  # never materialise a folded constant over 16 MiB
+
+
+def _fold_constants(m: onnx.ModelProto) -> None:
+    """Evaluate subgraphs whose inputs are all constants (a Reshape of a weight, a Transpose
+    of one), so passes see plain initializers. Uses onnx-graphsurgeon's folding, which runs
+    those nodes in onnxruntime; on any failure the graph is left as it was."""
+    if m.ByteSize() >= EXTERNAL_DATA_THRESHOLD:
+        return
+    try:
+        graph = gs.import_onnx(m)
+        before = len(graph.nodes)
+        graph.fold_constants(fold_shapes=False, size_threshold=FOLD_SIZE_LIMIT, error_ok=True).cleanup()
+        if len(graph.nodes) == before:
+            return
+        folded = gs.export_onnx(graph.toposort(), do_type_check=False)
+    except Exception:  # folding is an optimisation; a graph it cannot handle stays as it is
+        return
+    del m.graph.node[:]
+    m.graph.node.extend(folded.graph.node)
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(folded.graph.initializer)
 
 
 def _fill_output_shapes(m: onnx.ModelProto) -> None:
@@ -257,6 +283,11 @@ class Model:
         self.graph: gs.Graph = gs.import_onnx(_with_shapes(proto))
         self.version = 0
         self._cache: dict[str, tuple[int, Any]] = {}
+
+    def reset(self, proto: onnx.ModelProto) -> None:
+        """Replace the graph by ``proto``'s (a pass rolling back to a snapshot)."""
+        self.graph = gs.import_onnx(_with_shapes(proto))
+        self.touch()
 
     def refresh_shapes(self) -> None:
         """Re-run shape inference and write the shapes onto the graph's variables.

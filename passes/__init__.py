@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from onnxprune.manager import Pass, Registry
 from onnxprune.passes.fold_bn import FoldBatchNorm
+from onnxprune.passes.prune_channels import PruneChannels
 
 PASSES: list[type[Pass]] = [
     FoldBatchNorm,
+    PruneChannels,
 ]
 
 REGISTRY = Registry(PASSES)
