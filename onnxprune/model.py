@@ -259,14 +259,39 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, external
     return target
 
 
+# Ops whose output has their first input's type and shape, for the ops onnx infers
+# nothing for (GroupNormalization-21 in onnx 1.23, say).
+SAME_SHAPE_OPS = frozenset({"GroupNormalization", "LayerNormalization", "InstanceNormalization", "Relu", "Sigmoid",
+                            "Identity", "Clip", "HardSwish", "LeakyRelu", "Tanh", "Erf"})
+
+
 def _with_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Shape-inferred copy (symbolic dims kept); the proto itself when inference fails or it is huge."""
     if proto.ByteSize() >= EXTERNAL_DATA_THRESHOLD:
         return proto
     try:
-        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
         return proto
+    for _ in range(8):  # each round lets inference run on past one more same-shape op
+        known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+                 if v.type.tensor_type.HasField("shape")}
+        added = False
+        for node in inferred.graph.node:
+            out = node.output[0] if node.output else ""
+            if node.op_type in SAME_SHAPE_OPS and out and out not in known and node.input and node.input[0] in known:
+                vi = onnx.ValueInfoProto()
+                vi.CopyFrom(known[node.input[0]])
+                vi.name = out
+                inferred.graph.value_info.append(vi)
+                added = True
+        if not added:
+            break
+        try:
+            inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+            break
+    return inferred
 
 
 class Model:
