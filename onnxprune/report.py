@@ -61,7 +61,9 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
     out.append(("Model", ["", "before", "after", "change"], rows))
     prows = []
     for p in report.get("passes", []):
-        stats = {k: v for k, v in p.get("stats", {}).items() if not isinstance(v, (list, dict)) or k in ("folded",)}
+        stats = {k: v for k, v in p.get("stats", {}).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) or k == "folded" or k == "reverted"}
+        stats = dict(list(stats.items())[:6])
         cost = p.get("cost_after") or {}
         prows.append([p["name"], "yes" if p["modified"] else "no", _si(cost.get("flops")), _si(cost.get("params")),
                       f"{p.get('seconds', 0):.2f}s", _fmt(stats)])

@@ -147,3 +147,16 @@ def test_console_script_and_module(tmp_path, model):
     bad = subprocess.run([sys.executable, "-m", "onnxprune", str(tmp_path / "missing.onnx")], cwd=tmp_path,
                          capture_output=True, text=True)
     assert bad.returncode == 3 and bad.stderr.count("\n") == 1
+
+
+def test_pass_option_out_of_range(capsys, model):
+    _expect_error(capsys, model, [model, "--passes", "prune-channels:ratio=1.5"], 2, "ratio=1.5 is out of range [0.0, 1.0)")
+
+
+def test_explain(capsys, model, tmp_path):
+    code, out, err = _run(capsys, "explain", model, "--json", tmp_path / "g.json")
+    assert code == 0, err
+    assert "2 of 3 groups prunable" in out
+    groups = json.loads((tmp_path / "g.json").read_text())["groups"]
+    assert any(b["reason"] == "model output" for g in groups for b in g["blocked"])
+    _expect_error(capsys, None, ["explain", tmp_path / "nope.onnx"], 3, "no such file")
