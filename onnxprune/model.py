@@ -294,6 +294,12 @@ def _with_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     return inferred
 
 
+def _copy_vi(v: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(v)
+    return out
+
+
 class Model:
     """A graph being compressed: an onnx-graphsurgeon graph plus the model's metadata.
 
@@ -305,6 +311,9 @@ class Model:
         self._meta = onnx.ModelProto()
         self._meta.CopyFrom(proto)
         self._meta.graph.Clear()
+        # The declared graph inputs/outputs are kept as written: inference may turn a
+        # symbolic output dim into a number, and callers compare the signature.
+        self._io = {v.name: _copy_vi(v) for v in list(proto.graph.input) + list(proto.graph.output)}
         self.graph: gs.Graph = gs.import_onnx(_with_shapes(proto))
         self.version = 0
         self._cache: dict[str, tuple[int, Any]] = {}
@@ -357,5 +366,9 @@ class Model:
         result.CopyFrom(self._meta)
         result.graph.CopyFrom(out.graph)
         del result.graph.value_info[:]
+        for field in (result.graph.input, result.graph.output):
+            for i, v in enumerate(field):
+                if v.name in self._io:
+                    field[i].CopyFrom(self._io[v.name])
         _name_nodes(result.graph)
         return result

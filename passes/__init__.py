@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 from onnxprune.manager import Pass, Registry
+from onnxprune.passes.cp import CPDecompose
+from onnxprune.passes.diagonal import DiagonalApproximate
 from onnxprune.passes.fold_bn import FoldBatchNorm
+from onnxprune.passes.lowrank import LowRankFactorize
 from onnxprune.passes.prune_channels import PruneChannels
+from onnxprune.passes.spatial_svd import SpatialSVDDecompose
+from onnxprune.passes.tucker import TuckerDecompose
 
 PASSES: list[type[Pass]] = [
     FoldBatchNorm,
     PruneChannels,
+    TuckerDecompose,
+    CPDecompose,
+    SpatialSVDDecompose,
+    LowRankFactorize,
+    DiagonalApproximate,
 ]
 
 REGISTRY = Registry(PASSES)
