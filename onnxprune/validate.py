@@ -1,0 +1,325 @@
+"""Original vs compressed, in onnxruntime: fidelity, accuracy, latency.
+
+Both models run on the same batches in CPU sessions built the same way.  Fidelity is
+measured per output over all samples (flattened):
+
+* ``max_abs`` = max |ref - got|, ``mean_abs`` = mean |ref - got|;
+* ``max_rel`` = max |ref - got| / max |ref| (normwise, so near-zero reference values
+  do not blow it up; 0 when both are all zero);
+* ``cosine`` = <ref, got> / (|ref| |got|) (1 when both are zero, 0 when one is);
+* ``top1_agreement`` (classifier-like outputs, [N,C] or [N,C,1,1] float with C > 1):
+  the fraction of samples whose argmax is the same.
+
+Non-finite values in ``got`` make the metrics ``None`` and are counted in ``nonfinite``.
+
+Latency interleaves the sessions: each round runs every session once, rotating which
+goes first, so drift in the machine (frequency, other load) hits both alike.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxprune.data import Dataset
+from onnxprune.errors import DataError, ModelError, OnnxPruneError, UsageError, VerificationError
+
+Outputs = Mapping[str, Any] | Sequence[Mapping[str, np.ndarray]]
+
+
+def make_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 1) -> ort.InferenceSession:
+    """A CPU session with fixed thread counts and all graph optimizations.
+
+    Raises ModelError when onnxruntime refuses the model.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UsageError(f"threads must be a positive integer, got {threads!r}")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    # Spinning worker threads of an idle session would steal cores from the session
+    # timed next to it in interleaved measurements.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif isinstance(model, Path):
+        model = str(model)
+    try:
+        return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several unrelated types
+        raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
+
+
+# ---------------------------------------------------------------------------- fidelity
+
+def _gather(outputs: Outputs) -> dict[str, np.ndarray]:
+    """Per-batch result dicts (or name -> array / list of arrays) to name -> one array."""
+    if isinstance(outputs, Mapping):
+        items = {k: (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in outputs.items()}
+    else:
+        items = {}
+        for batch in outputs:
+            for k, v in batch.items():
+                items.setdefault(k, []).append(v)
+    out = {}
+    for k, parts in items.items():
+        arrs = [np.asarray(p) for p in parts]
+        out[k] = arrs[0] if len(arrs) == 1 else (
+            np.concatenate(arrs, axis=0) if arrs[0].ndim else np.stack(arrs)
+        )
+    return out
+
+
+def _scores(a: np.ndarray) -> np.ndarray | None:
+    """``a`` as [N, C] classifier scores, or None when it does not look like one."""
+    if not np.issubdtype(a.dtype, np.floating):
+        return None
+    if a.ndim == 4 and a.shape[2:] == (1, 1):
+        a = a.reshape(a.shape[:2])
+    if a.ndim == 2 and a.shape[1] > 1:
+        return a
+    return None
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _metrics(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+    r = ref.astype(np.float64).ravel()
+    g = got.astype(np.float64).ravel()
+    nonfinite = int(np.size(g) - np.count_nonzero(np.isfinite(g)))
+    m: dict[str, Any] = {"shape": list(ref.shape), "nonfinite": nonfinite}
+    if r.size == 0:
+        m.update(max_abs=0.0, mean_abs=0.0, max_rel=0.0, cosine=1.0)
+        return m
+    d = np.abs(r - g)
+    max_abs = float(d.max())
+    peak = float(np.abs(r).max())
+    nr, ng = float(np.linalg.norm(r)), float(np.linalg.norm(g))
+    if max_abs == 0:
+        cosine = 1.0  # identical (or both zero): exactly 1, not 1 - 2e-16
+    elif nr == 0 or ng == 0:
+        cosine = 0.0
+    else:
+        cosine = float(np.dot(r, g) / (nr * ng))
+        cosine = min(1.0, cosine) if math.isfinite(cosine) else math.nan  # min() would hide a NaN
+    m.update(
+        max_abs=_finite_or_none(max_abs),
+        mean_abs=_finite_or_none(float(d.mean())),
+        max_rel=_finite_or_none(max_abs / peak if peak else (0.0 if max_abs == 0 else math.inf)),
+        cosine=_finite_or_none(cosine),
+    )
+    rs, gs = _scores(ref), _scores(got)
+    if rs is not None and gs is not None:
+        m["top1_agreement"] = float(np.mean(rs.argmax(axis=-1) == gs.argmax(axis=-1)))
+    return m
+
+
+def compare_outputs(ref: Outputs, got: Outputs) -> dict[str, dict[str, Any]]:
+    """Per output name: max_abs, mean_abs, max_rel, cosine, (top1_agreement), shape, nonfinite.
+
+    ``ref`` and ``got`` are lists of per-batch result dicts, or dicts of name -> array
+    (or list of per-batch arrays).  Their names and shapes must match.
+    """
+    r, g = _gather(ref), _gather(got)
+    if set(r) != set(g):
+        raise VerificationError(
+            f"outputs differ: reference has {sorted(r)}, compared model has {sorted(g)}"
+        )
+    out = {}
+    for name in r:
+        if r[name].shape != g[name].shape:
+            raise VerificationError(
+                f"output {name!r}: shape {list(g[name].shape)} differs from the reference {list(r[name].shape)}"
+            )
+        out[name] = _metrics(r[name], g[name])
+    return out
+
+
+def accuracy(outputs: Sequence[np.ndarray], labels: np.ndarray) -> float:
+    """Top-1 accuracy (a fraction) of per-batch classifier outputs ([N,C] or [N,C,1,1])."""
+    parts = [np.asarray(o) for o in outputs]
+    if not parts:
+        raise DataError("accuracy: no outputs")
+    scores = np.concatenate(parts, axis=0)
+    while scores.ndim > 2 and scores.shape[-1] == 1:
+        scores = scores.reshape(scores.shape[:-1])
+    if scores.ndim != 2:
+        raise DataError(f"accuracy: expected classifier scores [N,C] or [N,C,1,1], got shape {list(scores.shape)}")
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != scores.shape[0]:
+        raise DataError(f"accuracy: {len(labels)} labels for {scores.shape[0]} samples")
+    if labels.size and (labels.min() < 0 or labels.max() >= scores.shape[1]):
+        raise DataError(
+            f"accuracy: labels range {labels.min()}..{labels.max()}, but the output has {scores.shape[1]} classes"
+        )
+    return float(np.mean(scores.argmax(axis=-1) == labels))
+
+
+# ---------------------------------------------------------------------------- latency
+
+def measure_latency(
+    sessions: Sequence[ort.InferenceSession], feed: Mapping[str, np.ndarray], *, warmup: int = 5, runs: int = 50
+) -> list[dict[str, float]]:
+    """Interleaved timing: round i runs every session once, starting from session i mod k.
+
+    Returns, per session, ``median_ms``, ``p10_ms``, ``p90_ms``, ``mean_ms`` and ``runs``.
+    """
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise UsageError(f"latency runs must be a positive integer, got {runs!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise UsageError(f"warmup must be a non-negative integer, got {warmup!r}")
+    k = len(sessions)
+    feeds = [{i.name: feed[i.name] for i in s.get_inputs() if i.name in feed} for s in sessions]
+    times: list[list[float]] = [[] for _ in sessions]
+    for rnd in range(warmup + runs):
+        for j in range(k):
+            idx = (rnd + j) % k
+            t0 = time.perf_counter()
+            sessions[idx].run(None, feeds[idx])
+            dt = time.perf_counter() - t0
+            if rnd >= warmup:
+                times[idx].append(dt * 1e3)
+    result = []
+    for ts in times:
+        p10, p90 = np.percentile(ts, [10, 90])
+        result.append(
+            {
+                "median_ms": float(statistics.median(ts)),
+                "p10_ms": float(p10),
+                "p90_ms": float(p90),
+                "mean_ms": float(statistics.fmean(ts)),
+                "runs": len(ts),
+            }
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------- validate
+
+def _pick_classifier(outputs: Mapping[str, np.ndarray], given: str | None) -> str | None:
+    if given is not None:
+        if given not in outputs:
+            raise UsageError(f"classifier output {given!r} is not an output; outputs: {sorted(outputs)}")
+        if _scores(outputs[given]) is None:
+            raise UsageError(
+                f"classifier output {given!r} has shape {list(outputs[given].shape)} "
+                f"({outputs[given].dtype}); expected float [N,C] or [N,C,1,1] with C > 1"
+            )
+        return given
+    found = [k for k, v in outputs.items() if _scores(v) is not None]
+    return found[0] if len(found) == 1 else None
+
+
+def _run(sess: ort.InferenceSession, names: list[str], feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return dict(zip(names, sess.run(names, dict(feed))))
+
+
+def validate(
+    original: onnx.ModelProto,
+    compressed: onnx.ModelProto,
+    dataset: Dataset,
+    *,
+    threads: int = 1,
+    latency_runs: int = 50,
+    warmup: int = 5,
+    classifier_output: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run both models on ``dataset``; a JSON-serialisable report (see the module doc).
+
+    ``latency_runs=0`` skips the latency measurement (``latency`` is then None).
+    """
+    if isinstance(latency_runs, bool) or not isinstance(latency_runs, int) or latency_runs < 0:
+        raise UsageError(f"latency runs must be a non-negative integer, got {latency_runs!r}")
+    if not dataset.batches:
+        raise DataError(f"no data to validate with ({dataset.source})")
+    s_orig = make_session(original, threads)
+    try:
+        s_comp = make_session(compressed, threads)
+    except ModelError as exc:
+        raise VerificationError(f"compressed model: {exc}") from exc
+    names = [o.name for o in s_orig.get_outputs()]
+    comp_names = [o.name for o in s_comp.get_outputs()]
+    if set(names) != set(comp_names):
+        raise VerificationError(
+            f"the compressed model's outputs {comp_names} differ from the original's {names}"
+        )
+    in_orig = sorted(i.name for i in s_orig.get_inputs())
+    in_comp = sorted(i.name for i in s_comp.get_inputs())
+    if in_orig != in_comp:
+        raise VerificationError(f"the compressed model's inputs {in_comp} differ from the original's {in_orig}")
+
+    from tqdm import tqdm
+
+    ref: list[dict[str, np.ndarray]] = []
+    got: list[dict[str, np.ndarray]] = []
+    for feed in tqdm(dataset.batches, desc="validating", unit="batch", file=sys.stderr, disable=not progress):
+        try:
+            ref.append(_run(s_orig, names, feed))
+        except OnnxPruneError:
+            raise
+        except Exception as exc:
+            raise DataError(f"the original model fails on the data ({dataset.source}): {_first_line(exc)}") from exc
+        try:
+            got.append(_run(s_comp, names, feed))
+        except Exception as exc:
+            raise VerificationError(f"the compressed model fails where the original runs: {_first_line(exc)}") from exc
+        if len(ref) == 1:
+            classifier = _pick_classifier(ref[0], classifier_output)
+            if dataset.labels is not None and classifier is None:
+                raise UsageError(
+                    f"the data has labels but no output looks like classifier scores; name one of {names}"
+                )
+
+    report: dict[str, Any] = {
+        "data": {"source": dataset.source, "n_samples": dataset.n_samples, "batches": len(dataset.batches)},
+        "outputs": compare_outputs(ref, got),
+        "classifier_output": classifier,
+    }
+    if classifier is not None:
+        report["top1_agreement"] = report["outputs"][classifier].get("top1_agreement")
+    if dataset.labels is not None and classifier is not None:
+        before = accuracy([r[classifier] for r in ref], dataset.labels)
+        after = accuracy([g[classifier] for g in got], dataset.labels)
+        report["accuracy"] = {"before": before, "after": after, "delta": after - before, "n": int(len(dataset.labels))}
+    report["latency"] = None
+    if latency_runs:
+        before_l, after_l = measure_latency([s_orig, s_comp], dataset.batches[0], warmup=warmup, runs=latency_runs)
+        report["latency"] = {
+            "threads": threads,
+            "runs": latency_runs,
+            "warmup": warmup,
+            "batch": _batch_len(dataset.batches[0]),
+            "before_ms": before_l["median_ms"],
+            "after_ms": after_l["median_ms"],
+            "ratio": after_l["median_ms"] / before_l["median_ms"],
+            "speedup": before_l["median_ms"] / after_l["median_ms"],
+            "before_p10_ms": before_l["p10_ms"],
+            "before_p90_ms": before_l["p90_ms"],
+            "after_p10_ms": after_l["p10_ms"],
+            "after_p90_ms": after_l["p90_ms"],
+        }
+    return report
+
+
+def _batch_len(feed: Mapping[str, np.ndarray]) -> int:
+    arrs = [a for a in feed.values() if np.ndim(a)]
+    return int(arrs[0].shape[0]) if arrs else 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
