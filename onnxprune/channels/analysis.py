@@ -100,6 +100,7 @@ def analyze(model: Model, protect: Sequence[str] = ()) -> Analysis:
             log.info("not a source: %s: %s", node.name, exc)
     while ctx.queue:
         sp = ctx.queue.pop()
+        ctx.arriving = sp
         tensor = tensors[sp.tensor]
         if sp.tensor in graph_inputs:
             ctx.block(sp, "(input)", "model input")
@@ -122,6 +123,7 @@ def analyze(model: Model, protect: Sequence[str] = ()) -> Analysis:
             except Exception as exc:  # a handler that trips on an odd graph blocks, it must not crash the run
                 log.warning("channel handler for %s failed on %s: %s", node.op, node.name, exc)
                 ctx.block(sp, node.name, f"{node.op} handler failed: {type(exc).__name__}: {exc}")
+    ctx.arriving = None
     return _collect(ctx, time.perf_counter() - start)
 
 

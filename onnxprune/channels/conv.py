@@ -37,9 +37,15 @@ class ConvHandler:
             return
         if len(node.inputs) > 2 and node.inputs[2].name and ctx.const(node.inputs[2]) is None:
             return
+        g = int(node.attrs.get("group", 1))
+        # grouped: the input's channels are tied to the output's, so its space comes first
+        # (a Conflict here, e.g. an unknown input channel count, leaves the conv unseeded)
+        x_sp = ctx.space(node.inputs[0], 1) if g > 1 else None
         y = node.outputs[0]
         sp = ctx.space(y, 1, self._cout(node, w))
         ctx.member(node, sp, Role.SOURCE, self._out_rows(node, w))
+        if x_sp is not None:
+            _group_ties(ctx, x_sp, sp, g)
 
     @staticmethod
     def _cout(node: gs.Node, w: np.ndarray) -> int:
@@ -71,7 +77,10 @@ class ConvHandler:
             return
         if tensor is not node.inputs[0]:
             if tensor is node.outputs[0]:
-                return  # seeded as a source
+                g = int(node.attrs.get("group", 1))
+                if g > 1:  # whole groups, in and out, whichever side was reached first
+                    _group_ties(ctx, ctx.space(node.inputs[0], 1), sp, g)
+                return
             ctx.block(sp, node.name, f"{node.op} bias or weight depends on activations")
             return
         g = int(node.attrs.get("group", 1))

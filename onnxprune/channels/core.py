@@ -119,6 +119,7 @@ class Context:
     touched: dict[str, gs.Node] = field(default_factory=dict)  # nodes whose apply() must run
     queue: list[Space] = field(default_factory=list)
     space_links: list[tuple[int, int]] = field(default_factory=list)
+    arriving: Space | None = None  # the space whose node is being analysed
 
     # --- reading the graph -------------------------------------------------------
     @staticmethod
@@ -169,7 +170,11 @@ class Context:
         self.tie(a, idx, b, idx)
 
     def block(self, sp: Space, node: str, reason: str) -> None:
-        self.blocked.setdefault(sp.id, []).append((node, reason))
+        """Block ``sp``, and the space the analysis arrived through: a node that cannot
+        relate one of its tensors cannot be trusted with the others either."""
+        for target in (sp, self.arriving):
+            if target is not None and (node, reason) not in self.blocked.get(target.id, []):
+                self.blocked.setdefault(target.id, []).append((node, reason))
 
     def member(self, node: gs.Node, sp: Space, role: Role, weight: np.ndarray | None = None) -> None:
         if weight is not None:

@@ -153,3 +153,30 @@ def test_protect_pattern_blocks():
     a = analyze(Model(normalize(model_ffn())), protect=["fc2*"])
     assert not any(a.prunable_atoms(g) for g in a.groups)
     assert any("protected by pattern 'fc2*'" in r for g in a.groups for _, r in g.blocked)
+
+
+def test_operand_with_unknown_channels_blocks_the_arriving_group():
+    """X ─Conv(3→8,'c1')─▶ a ;  Add(Z[N, C?, 4, 4], a) ─▶ Y. Z's channel count is symbolic, so the
+    Add cannot be proved to carry a's channels: c1's group must be blocked, not pruned alone
+    (regression: mobilevit/edgenext exports)."""
+    i: dict = {}
+    nodes = [conv("c1", "X", "a", W(8, 3, 3, 3), i, pads=[1] * 4), helper.make_node("Add", ["Z", "a"], ["Y"])]
+    m = make_model(nodes, [vinfo("X", ["N", 3, 4, 4]), vinfo("Z", ["N", "C", 4, 4])], [vinfo("Y", ["N", 8, 4, 4])], i)
+    a = analyze(Model(normalize(m)))
+    assert not any(a.prunable_atoms(g) for g in a.groups)
+
+
+def test_grouped_conv_output_atoms_include_its_input():
+    """A depthwise conv's output channel may only go together with its input channel, whichever
+    side the analysis reached first (regression: shufflenet_v2, where the input side was never
+    reached and filters were pruned alone)."""
+    i = {"dw_w": W(8, 1, 3, 3)}
+    nodes = [helper.make_node("Relu", ["X"], ["r"]),
+             helper.make_node("Conv", ["r", "dw_w"], ["d"], name="dw", group=8, pads=[1] * 4),
+             conv("c2", "d", "Y", W(4, 8, 1, 1), i)]
+    m = make_model(nodes, [vinfo("X", ["N", 8, 4, 4])], [vinfo("Y", ["N", 4, 4, 4])], i)
+    a = analyze(Model(normalize(m)))
+    x_sp, y_sp = a.ctx.by_tensor["r"].id, a.ctx.by_tensor["d"].id
+    for atom in a.atoms:
+        if y_sp in atom.elements:
+            assert x_sp in atom.elements and not atom.prunable  # X is a model input: blocked
