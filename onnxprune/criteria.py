@@ -34,16 +34,17 @@ class Criterion(enum.Enum):
 
 
 def _l1(rows: np.ndarray) -> np.ndarray:
-    return np.abs(rows).sum(axis=1)
+    return np.abs(rows).sum(axis=1, dtype=np.float64)
 
 
 def _l2(rows: np.ndarray) -> np.ndarray:
-    return np.sqrt((rows ** 2).sum(axis=1))
+    return np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
 
 
 def _fpgm(rows: np.ndarray) -> np.ndarray:
-    sq = (rows ** 2).sum(axis=1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * rows @ rows.T, 0.0)
+    sq = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+    gram = (rows @ rows.T).astype(np.float64)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
     return np.sqrt(d2).sum(axis=1)
 
 
@@ -52,7 +53,7 @@ def member_scores(m: Member, criterion: Criterion) -> np.ndarray | None:
     if m.weight is None:
         return None
     if criterion is Criterion.BN_SCALE:
-        return m.weight[:, 0] if m.role is Role.PARAM else None
+        return m.weight[:, 0].astype(np.float64) if m.role is Role.PARAM else None
     if m.role is Role.PARAM:
         return None
     if criterion is Criterion.L1:

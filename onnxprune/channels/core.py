@@ -178,7 +178,8 @@ class Context:
 
     def member(self, node: gs.Node, sp: Space, role: Role, weight: np.ndarray | None = None) -> None:
         if weight is not None:
-            weight = np.asarray(weight, dtype=np.float64).reshape(sp.size, -1) if weight.shape[0] == sp.size else None
+            # a view in the weight's own dtype: a float64 copy of a VGG classifier is 784 MiB
+            weight = np.asarray(weight).reshape(sp.size, -1) if weight.shape[0] == sp.size else None
         self.members.append(Member(node.name, node.op, sp.id, role, weight))
         if role is Role.SOURCE:
             self.source_spaces.add(sp.id)
