@@ -38,6 +38,7 @@ import benchlib as bl  # noqa: E402
 PASSES = ["prune-channels:ratio=0.2", "tucker:energy=0.9", "lowrank:energy=0.9"]
 IMAGENET = {"squeezenet1.1": "caffe-bgr", "mobilenetv2": "torchvision", "efficientnet-lite0": "efficientnet-lite"}
 MODELS = ["mnist-8", "squeezenet1.1", "mobilenetv2", "efficientnet-lite0", "minilm", "resnet50"]
+SLOW_PASS_S = 60.0  # a pass slower than this is named under the table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -248,7 +249,7 @@ def _pass_note(p: dict[str, Any]) -> str:
             return "reverted (latency guard)"
         return f"{st.get('channels_removed', 0)} channels removed (round-to {st.get('round_to')})"
     if "rewritten" in st:
-        return f"{st['rewritten']} layers rewritten"
+        return f"{st['rewritten']} layer{'' if st['rewritten'] == 1 else 's'} rewritten"
     return "modified" if p["modified"] else "unchanged"
 
 
@@ -265,10 +266,12 @@ def render(data: dict) -> str:
           "figures are at 1 token; its *final* column is at 128 tokens). *latency ratio*: compressed / original, "
           f"onnxruntime CPU, 1 thread, batch 1 (MiniLM 1 x 128 tokens), interleaved, median of "
           f"{data['args']['latency_runs']} runs. *CLI time*: wall time of the subprocess (Python start and "
-          "imports included); per-pass times are in the JSON. Layer decisions of the latency checks come "
-          "partly from onnxprune's cache (`~/.cache/onnxprune/latency.json`), so a cold run is slower.", ""]
-    head = ["model", "valid", "CLI time (s)"] + [f"after `{p.split(':')[0]}`: FLOPs % / params %" for p in passes] \
-        + ["final FLOPs %", "latency ratio", "quality (original → compressed)"]
+          "imports included); *per pass*: each pass's time in the report (its verification included). Layer "
+          "decisions of the latency checks come partly from onnxprune's cache "
+          "(`~/.cache/onnxprune/latency.json`), so a cold run is slower.", ""]
+    head = (["model", "valid", "CLI time (s)", "per pass (s)"]
+            + [f"after `{p.split(':')[0]}`: FLOPs % / params %" for p in passes]
+            + ["final FLOPs %", "latency ratio", "quality (original → compressed)"])
     rows = []
     for m in data["models"]:
         if "skipped" in m:
@@ -281,7 +284,8 @@ def render(data: dict) -> str:
         rb = m["report_before"]
         cells = [f"{_pct(p['flops_after'], rb['flops'])} / {_pct(p['params_after'], rb['params'])} "
                  f"({_pass_note(p)})" for p in m["pass_records"]]
-        rows.append([m["model"], "yes", m["wall_s"]] + cells
+        times = " / ".join(f"{p['seconds']:.1f}" for p in m["pass_records"])
+        rows.append([m["model"], "yes", m["wall_s"], times] + cells
                     + [_pct(m["after"]["flops"], m["before"]["flops"]), f"{m['latency_ratio']:.2f}", m["quality"]])
     L += [bl.md_table(head, rows), ""]
     L += ["Absolute figures of the originals:", ""]
@@ -290,10 +294,14 @@ def render(data: dict) -> str:
                         f"{m['before']['flops'] / 1e6:.1f} M" + (" (128 tokens)" if m["model"] == "minilm" else ""),
                         f"{m['before']['params'] / 1e6:.3f} M", f"{m['baseline_ms']:.2f}"]
                        for m in data["models"] if m.get("valid")]), ""]
+    slow = [(m["model"], p) for m in data["models"] for p in m.get("pass_records", []) if p["seconds"] > SLOW_PASS_S]
+    if slow:
+        L += [f"Passes that took over {SLOW_PASS_S:.0f} s: "
+              + "; ".join(f"{name} `{p['name']}` {p['seconds']:.0f} s" for name, p in slow) + ".", ""]
     bugs = [m for m in data["models"] if m.get("bug")]
     L += ["## Failures", ""]
     L += [f"* {m['model']}: exit {m.get('rc')}: `{m.get('error')}`" for m in bugs] or \
-        ["None: every composition exited 0 and wrote a valid model."]
+        ["None: every composition that ran exited 0 and wrote a valid model."]
     return "\n".join(L)
 
 
