@@ -125,7 +125,6 @@ def ours_worker(path: str) -> dict[str, Any]:
 
 def onnxsim_worker(path: str) -> dict[str, Any]:
     _quiet()
-    import numpy as np
     import onnx
 
     out: dict[str, Any] = {"stage": "load"}
@@ -146,7 +145,6 @@ def onnxsim_worker(path: str) -> dict[str, Any]:
         out["valid"], out["error"] = ok, why
         if ok:
             out["after"] = bl.cost(pruned)
-        del np
     except Exception as exc:
         out.update(valid=False, error=f"{out['stage']}: {bl.first_line(exc)}", error_detail=str(exc)[:2000])
     out["total_s"] = round(time.perf_counter() - t0, 2)

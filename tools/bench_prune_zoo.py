@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -476,7 +475,7 @@ def _resnet_section(v: dict | None) -> list[str]:
         return L + ["Not measured: the torchvision ResNet-50 export (/work/archs) was absent.", ""]
     if "error" in v:
         return L + [f"Failed: {v['error']}", ""]
-    g0, g1 = v["pass_guard_false_stats"], v["pass_guard_true_stats"]
+    g1 = v["pass_guard_true_stats"]
     when = f" (measured {v['measured']['date']} by `{v['measured']['command']}`)" if v.get("measured") else ""
     L += [f"`{v['file']}` ({v['nodes']} nodes, random weights), in a fresh process{when}:", "",
           bl.md_table(["measure", "value"], [
