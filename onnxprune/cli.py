@@ -27,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Compress a trained ONNX model: run passes, verify, validate, report, save.",
                 epilog="Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad model file, 4 bad data, "
-                       "5 verification failed, 6 unsupported model. Subcommand: 'onnxprune explain MODEL'.")
+                       "5 verification failed, 6 unsupported model, 7 quality gate failed. "
+                       "Subcommand: 'onnxprune explain MODEL'.")
     p.add_argument("model", nargs="?", help="input .onnx file (never modified)")
     p.add_argument("--passes", nargs="+", default=[], metavar="PASS",
                    help="passes in order, each 'name' or 'name:key=value,key=value' (lists: a|b)")
@@ -35,9 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="append", default=[], metavar="PATH",
                    help="write the report: .json, .md or .html (repeatable)")
     p.add_argument("--list-passes", action="store_true", help="list the passes and exit")
-    g = p.add_argument_group("validation")
+    g = p.add_argument_group("data (calibration for the passes, evaluation for validation; never the same sample)")
     g.add_argument("--data", help=".npz/.npy arrays, an image folder (class sub-folders = labels), or MNIST IDX file; "
+                                  "without --calib it is split (seeded) into calibration and evaluation parts; "
                                   "random data when omitted")
+    g.add_argument("--calib", help="calibration data for the passes (same forms as --data); --data then only evaluates")
+    g.add_argument("--calib-limit", type=int, help="calibration samples (default 256; at most half of --data when split)")
+    g.add_argument("--input-shape", nargs="+", metavar="NAME:DxD..",
+                   help="the shapes the model runs at, for dynamic dims (e.g. input:1x3x736x1280): random data, "
+                        "cost, latency guard and validation use them")
     g.add_argument("--labels", help="labels file for IDX data")
     g.add_argument("--recipe", help="image preprocessing: a preset (torchvision, caffe-bgr, efficientnet-lite, raw255) "
                                     "optionally followed by ,key=value overrides")
@@ -48,7 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latency-runs", type=int, default=50, help="interleaved latency runs, 0 to skip (default 50)")
     g.add_argument("--warmup", type=int, default=5, help="warm-up runs before timing (default 5)")
     g.add_argument("--no-validate", action="store_true", help="skip comparing outputs in onnxruntime")
-    g.add_argument("--seed", type=int, default=0, help="seed for random data")
+    g.add_argument("--seed", type=int, default=0, help="seed for the data split, random data and sampling (default 0)")
+    g.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="fail (exit 7, nothing written) when top-1 on the evaluation data drops by more than POINTS")
+    g.add_argument("--min-fidelity", type=float, metavar="C",
+                   help="fail (exit 7, nothing written) when output cosine or top-1 agreement is below C (0..1)")
+    t = p.add_argument_group("target")
+    t.add_argument("--target", default="auto", help="CPU to build for: auto (this machine), generic, avx2, avx2-vnni, "
+                                                    "avx512, avx512-vnni (recorded in the report)")
+    t.add_argument("--cache-dir", help="keep per-shape latency measurements here across runs (default: this run only)")
+    t.add_argument("--workers", type=int, default=1, help="worker processes for sweeps (CAR, sensitivity; default 1)")
     o = p.add_argument_group("other")
     o.add_argument("--no-verify-each", action="store_true", help="verify only the final model, not after every pass")
     o.add_argument("--external-data", action="store_true", help="always save weights as external data")
@@ -61,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     if args.model is None:
         raise UsageError("missing MODEL (see --help)")
-    for name in ("batch_size", "samples", "threads"):
+    for name in ("batch_size", "samples", "threads", "workers"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("latency_runs", "warmup"):
@@ -69,6 +85,19 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be 0 or more")
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be at least 1")
+    if args.calib_limit is not None and args.calib_limit < 1:
+        raise UsageError("--calib-limit must be at least 1")
+    import math
+
+    if args.max_drop is not None and not (math.isfinite(args.max_drop) and args.max_drop >= 0):
+        raise UsageError("--max-drop must be a number of points, 0 or more")
+    if args.min_fidelity is not None and not (math.isfinite(args.min_fidelity) and 0 <= args.min_fidelity <= 1):
+        raise UsageError("--min-fidelity must be between 0 and 1")
+    if args.no_validate and (args.max_drop is not None or args.min_fidelity is not None):
+        raise UsageError("--max-drop/--min-fidelity need validation; drop --no-validate")
+    from onnxprune.context import Target
+
+    Target.named(args.target, args.threads)
     if args.output:
         out = Path(args.output)
         if out.exists() and out.resolve() == Path(args.model).resolve():
@@ -97,7 +126,7 @@ def _progress_bar(total: int, desc: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxprune.api import make_passes, run_passes
+    from onnxprune.api import make_passes, prepare_data, run_passes
     from onnxprune.cost import model_cost
     from onnxprune.model import load_model, save_model
     from onnxprune.report import render_text, write_report
@@ -106,17 +135,16 @@ def run(args: argparse.Namespace) -> int:
     passes = make_passes(args.passes)  # unknown passes/keys fail before any work
     t0 = time.perf_counter()
     original = load_model(args.model)
-    dataset = None
-    if not args.no_validate:
-        from onnxprune.data import load_dataset, parse_recipe
-
-        recipe = parse_recipe(args.recipe) if args.recipe else None
-        dataset = load_dataset(original, args.data, recipe=recipe, labels=args.labels,
-                               limit=args.limit if args.data else (args.limit or args.samples),
-                               batch_size=args.batch_size, seed=args.seed, progress=True)
+    plan = prepare_data(original, data=args.data, calib=args.calib, labels=args.labels, recipe=args.recipe,
+                        calib_limit=args.calib_limit, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+                        samples=args.samples, input_shapes=args.input_shape, target=args.target, threads=args.threads,
+                        cache_dir=args.cache_dir, workers=args.workers, progress=True,
+                        need_eval=not args.no_validate)
+    ctx = plan.ctx
+    shapes = dict(ctx.input_shapes)
 
     def cost(m: Any) -> dict[str, Any]:
-        return model_cost(m, batch=1).to_dict()
+        return model_cost(m, batch=1, inputs=shapes).to_dict()
 
     bar = _progress_bar(len(passes), "passes")
     started: list[str] = []
@@ -128,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(name)
 
     before = cost(original)
-    result, records = run_passes(original, passes, verify_each=not args.no_verify_each, cost=cost, progress=tick)
+    result, records = run_passes(original, passes, verify_each=not args.no_verify_each, cost=cost, progress=tick,
+                                 ctx=ctx)
     bar.update(bar.total - bar.n)
     bar.close()
     after = records[-1].cost_after if records and records[-1].cost_after else cost(result)
@@ -136,17 +165,24 @@ def run(args: argparse.Namespace) -> int:
         "tool": {"name": PROG, "version": __version__},
         "input": str(args.model),
         "output": str(args.output) if args.output else None,
+        "warnings": list(plan.warnings),
         "before": before,
         "after": after,
+        "context": ctx.to_dict(),
+        "data": plan.report,
         "passes": [r.to_dict() for r in records],
         "conventions": {"flops": "FLOPs = 2 x MACs for Conv/ConvTranspose/Gemm/MatMul, plus 1 per element for bias "
-                                 "adds and elementwise ops; batch 1, symbolic dims as 1"},
+                                 "adds and elementwise ops; batch 1, inputs at "
+                                 + (", ".join(f"{k} {list(v)}" for k, v in shapes.items()) or
+                                    "their declared shapes, symbolic dims as 1")},
     }
-    if dataset is not None:
+    if plan.evaluation is not None:
         from onnxprune.validate import validate
 
-        report["validation"] = validate(original, result, dataset, threads=args.threads,
+        report["validation"] = validate(original, result, plan.evaluation, threads=args.threads,
                                         latency_runs=args.latency_runs, warmup=args.warmup, progress=True)
+        report["warnings"] += _quality_warnings(report["validation"])
+        _gate(report["validation"], args)
     else:
         report["validation"] = {"skipped": "--no-validate"}
     if args.output:
@@ -156,10 +192,58 @@ def run(args: argparse.Namespace) -> int:
     for r in args.report:
         write_report(report, r)
     if not args.quiet:
+        for w in report["warnings"]:
+            print(f"warning: {w}")
         print(render_text(report), end="")
         if args.output:
             print(f"wrote {args.output}")
     return 0
+
+
+def _fidelity(validation: dict[str, Any]) -> tuple[str, float] | None:
+    """The fidelity figure the gate and the collapse warning read: top-1 agreement for
+    classifiers, else the lowest per-output cosine."""
+    if validation.get("top1_agreement") is not None:
+        return "top-1 agreement", float(validation["top1_agreement"])
+    cos = [o.get("cosine") for o in validation.get("outputs", {}).values()]
+    if any(c is None for c in cos):
+        return "cosine", float("nan")
+    return ("cosine", float(min(cos))) if cos else None
+
+
+def _quality_warnings(validation: dict[str, Any]) -> list[str]:
+    out = []
+    acc = validation.get("accuracy")
+    if acc and acc["before"] - acc["after"] > 0.05:
+        out.append(f"accuracy collapsed: top-1 {acc['before'] * 100:.2f}% -> {acc['after'] * 100:.2f}% "
+                   f"on {acc['n']} evaluation samples")
+    fid = _fidelity(validation)
+    if fid is not None:
+        name, value = fid
+        limit = 0.5 if name == "top-1 agreement" else 0.9
+        if not value >= limit:
+            out.append(f"outputs collapsed: {name} {value:.4f} (below {limit}) on the evaluation data")
+    return out
+
+
+def _gate(validation: dict[str, Any], args: argparse.Namespace) -> None:
+    from onnxprune.errors import QualityError, UsageError as _Usage
+
+    if args.max_drop is not None:
+        acc = validation.get("accuracy")
+        if not acc:
+            raise _Usage("--max-drop needs labelled evaluation data (class folders, IDX labels or an npz 'labels' array)")
+        drop = (acc["before"] - acc["after"]) * 100
+        if drop > args.max_drop:
+            raise QualityError(f"top-1 dropped {drop:.2f} points ({acc['before'] * 100:.2f}% -> "
+                               f"{acc['after'] * 100:.2f}%), more than --max-drop {args.max_drop}; nothing written")
+    if args.min_fidelity is not None:
+        fid = _fidelity(validation)
+        if fid is None:
+            raise _Usage("--min-fidelity: the model has no float output to compare")
+        name, value = fid
+        if not value >= args.min_fidelity:
+            raise QualityError(f"{name} {value:.4f} is below --min-fidelity {args.min_fidelity}; nothing written")
 
 
 def _file_size(path: Path) -> int:

@@ -295,9 +295,11 @@ def _concrete(shape: tuple, names: Mapping[str, int]) -> Shape | None:
 
 
 def _concrete_shapes(model: onnx.ModelProto, batch: int, dims: Mapping[str, int] | None,
-                     runtime_fallback: bool) -> tuple[dict[str, Shape], dict[str, int]]:
+                     runtime_fallback: bool, given: Mapping[str, tuple[int, ...]] | None = None,
+                     ) -> tuple[dict[str, Shape], dict[str, int]]:
     """Concrete shapes (and element types) of every main-graph tensor that can be found."""
     inputs = concrete_input_shapes(model, batch=batch, dims=dims)
+    inputs.update({k: tuple(int(d) for d in v) for k, v in (given or {}).items() if k in inputs})
     # Symbolic names as the inputs spell them, so stale value_info ("batch") resolves too.
     names: dict[str, int] = {}
     for vi in real_inputs(model):
@@ -323,14 +325,15 @@ def _concrete_shapes(model: onnx.ModelProto, batch: int, dims: Mapping[str, int]
 
 
 def model_cost(model: onnx.ModelProto, *, batch: int = 1, dims: Mapping[str, int] | None = None,
-               runtime_fallback: bool = True) -> ModelCost:
+               runtime_fallback: bool = True, inputs: Mapping[str, tuple[int, ...]] | None = None) -> ModelCost:
     """Count MACs, FLOPs, params and bytes of ``model`` (see the module docstring).
 
     ``batch`` fills symbolic first input dims, ``dims`` any symbolic dim by name;
+    ``inputs`` (input name -> shape) fixes whole input shapes (the shapes users run);
     ``runtime_fallback`` allows one onnxruntime run when static inference leaves
     shapes unknown. Never raises on unknown shapes: those nodes are listed instead.
     """
-    shapes, elem_types = _concrete_shapes(model, batch, dims, runtime_fallback)
+    shapes, elem_types = _concrete_shapes(model, batch, dims, runtime_fallback, inputs)
     inits = {t.name: (tuple(t.dims), t.data_type) for t in model.graph.initializer}
     inits.update({t.values.name: (tuple(t.dims), t.values.data_type) for t in model.graph.sparse_initializer})
 

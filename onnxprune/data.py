@@ -26,7 +26,7 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -83,6 +83,8 @@ class Dataset:
     batches: list[dict[str, np.ndarray]]
     labels: np.ndarray | None
     source: str
+    #: which samples of the source these are (their positions in it), when known.
+    indices: np.ndarray | None = None
 
     @property
     def n_samples(self) -> int:
@@ -106,11 +108,14 @@ def load_dataset(
     batch_size: int = 1,
     seed: int = 0,
     progress: bool = False,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Dataset:
     """Load ``data`` as batches for ``model``'s inputs; raise DataError when it does not fit.
 
     ``recipe`` applies to image data only (folders, image files, IDX images; IDX without
     a recipe is fed raw); ``labels`` (.npy, .txt, IDX) overrides labels found in the data.
+    ``shapes`` (input name -> shape) sizes random data (the batch dim still follows
+    ``batch_size``); without it symbolic dims are 1.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -123,8 +128,9 @@ def load_dataset(
             raise UsageError("a preprocessing recipe applies to image data only; no data was given")
         if labels is not None:
             raise UsageError("labels were given without data")
-        arrays = _random_arrays(specs, limit or step, seed)
-        return Dataset(_split(specs, arrays, step), None, f"random (no data given), seed {seed}")
+        arrays = _random_arrays(specs, limit or step, seed, shapes)
+        sizes = ", ".join(f"{k} {list(v.shape[1:])}" for k, v in arrays.items() if v.ndim)
+        return Dataset(_split(specs, arrays, step), None, f"random (no data given), seed {seed}, per sample {sizes}")
 
     path = Path(data)
     if not path.exists():
@@ -162,6 +168,98 @@ def load_dataset(
     return Dataset(_split(specs, arrays, step), found, f"{what}: {n} samples from {path}")
 
 
+def parse_input_shapes(text: str | Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    """``'input:1x3x736x1280'`` (several separated by spaces or ';') → ``{'input': (1, 3, 736, 1280)}``.
+    A lone shape without a name (``1x3x224x224``) is keyed ``''``: the model's only input."""
+    if not text:
+        return {}
+    items = text.replace(";", " ").split() if isinstance(text, str) else [p for t in text for p in t.replace(";", " ").split()]
+    out: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        name, sep, dims = item.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            raise UsageError(f"--input-shape {item!r}: expected NAME:DxDxD, e.g. input:1x3x736x1280") from None
+        if not shape or any(d < 1 for d in shape):
+            raise UsageError(f"--input-shape {item!r}: every dim must be a positive integer")
+        if name in out:
+            raise UsageError(f"--input-shape names {name or 'the input'} twice")
+        out[name] = shape
+    return out
+
+
+def resolve_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Check ``shapes`` against the model's inputs: known names, right rank, fixed dims kept."""
+    specs = {s.name: s for s in input_specs(model)}
+    shapes = dict(shapes)
+    if "" in shapes:
+        if len(specs) != 1:
+            raise UsageError(f"--input-shape without a name needs a one-input model; inputs: {', '.join(specs)}")
+        shapes[next(iter(specs))] = shapes.pop("")
+    for name, shape in shapes.items():
+        if name not in specs:
+            raise UsageError(f"--input-shape: {name!r} is not an input; inputs: {', '.join(specs)}")
+        spec = specs[name]
+        if len(spec.shape) != len(shape):
+            raise UsageError(f"--input-shape {name}: rank {len(shape)}, but the input is {spec.describe()}")
+        for i, (d, g) in enumerate(zip(spec.shape, shape)):
+            if isinstance(d, int) and d > 0 and d != g:
+                raise UsageError(f"--input-shape {name}: dim {i} is fixed at {d} in the model, got {g}")
+    return shapes
+
+
+def dynamic_dims(model: onnx.ModelProto) -> list[str]:
+    """``'input[2]'`` for every symbolic non-batch input dim (those need real sizes)."""
+    out = []
+    for s in input_specs(model):
+        out += [f"{s.name}[{i}]" for i, d in enumerate(s.shape) if i > 0 and not isinstance(d, int)]
+    return out
+
+
+def split_dataset(ds: Dataset, n_calib: int, *, seed: int = 0, batch_size: int = 1) -> tuple[Dataset, Dataset]:
+    """A seeded split of ``ds`` into disjoint calibration and evaluation parts.
+
+    ``n_calib`` samples (at most half of them) go to calibration, the rest to evaluation;
+    which ones is a permutation drawn with ``seed``. Both keep the source's batch step.
+    """
+    n = ds.n_samples
+    if n < 2:
+        raise DataError(f"cannot split {n} sample(s) into calibration and evaluation parts; give --calib separately")
+    n_calib = max(1, min(int(n_calib), n // 2))
+    perm = np.random.default_rng(seed).permutation(n)
+    calib_idx, eval_idx = np.sort(perm[:n_calib]), np.sort(perm[n_calib:])
+    calib = subset(ds, calib_idx, batch_size=batch_size)
+    evaluation = subset(ds, eval_idx, batch_size=batch_size)
+    calib.source = f"{ds.source}; calibration split: {len(calib_idx)} samples (seed {seed})"
+    evaluation.source = f"{ds.source}; evaluation split: {len(eval_idx)} samples (seed {seed}, disjoint from calibration)"
+    return calib, evaluation
+
+
+def stacked(ds: Dataset) -> dict[str, np.ndarray]:
+    """All samples of ``ds`` as one array per input (0-d inputs as they are)."""
+    keys = list(ds.batches[0]) if ds.batches else []
+    return {k: (np.concatenate([b[k] for b in ds.batches], axis=0) if np.ndim(ds.batches[0][k]) else ds.batches[0][k])
+            for k in keys}
+
+
+def subset(ds: Dataset, idx: np.ndarray, *, batch_size: int = 1) -> Dataset:
+    """The samples at positions ``idx`` of ``ds``, in batches of ``batch_size`` (pass the
+    model's batch step, :func:`batch_step`, for a model with a fixed batch dim)."""
+    arrays = stacked(ds)
+    picked = {k: (a[idx] if np.ndim(a) else a) for k, a in arrays.items()}
+    batches = [{k: (a[i: i + batch_size] if np.ndim(a) else a) for k, a in picked.items()}
+               for i in range(0, len(idx), batch_size)]
+    labels = None if ds.labels is None else ds.labels[idx]
+    base = np.arange(ds.n_samples) if ds.indices is None else ds.indices
+    return Dataset(batches, labels, ds.source, indices=base[idx])
+
+
+def batch_step(model: onnx.ModelProto, batch_size: int) -> int:
+    """Samples per batch for ``model``: its fixed batch dim, else ``batch_size``."""
+    return _batch_step(input_specs(model), batch_size)
+
+
 def _batch_step(specs: list[InputSpec], batch_size: int) -> int:
     fixed = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)}
     if len(fixed) > 1:
@@ -195,11 +293,13 @@ def _count_samples(specs: list[InputSpec], arrays: dict[str, np.ndarray]) -> int
     return next(iter(counts.values()), 0)
 
 
-def _random_arrays(specs: list[InputSpec], n: int, seed: int) -> dict[str, np.ndarray]:
+def _random_arrays(specs: list[InputSpec], n: int, seed: int,
+                   shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for s in specs:
-        shape = [d if isinstance(d, int) else 1 for d in s.shape]
+        given = (shapes or {}).get(s.name)
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in s.shape] if given is None else list(given)
         if shape and not isinstance(s.shape[0], int):
             shape[0] = n
         elif shape and shape[0] and n % shape[0] == 0:

@@ -14,6 +14,8 @@ Exit codes (documented in the README):
 4      data: calibration/validation data missing or not matching the model
 5      verification: a pass produced a graph that breaks an invariant
 6      unsupported: the model uses something onnxprune cannot handle
+7      quality gate: the compressed model fell below --max-drop / --min-fidelity
+       (nothing written)
 =====  ==========================================================
 """
 from __future__ import annotations
@@ -53,3 +55,9 @@ class UnsupportedError(OnnxPruneError):
     """The model uses an op or feature onnxprune cannot handle."""
 
     exit_code = 6
+
+
+class QualityError(OnnxPruneError):
+    """The compressed model misses the quality gate the user set; nothing is written."""
+
+    exit_code = 7

@@ -19,7 +19,7 @@ with ``onnx.helper``. :func:`compare` times the dense and the factored model:
 
 Timing depends on shapes, not on weight values, so the tiny models get random weights
 of the right shapes (integer constants such as Slice bounds keep their values). Results
-are cached in a JSON file (:func:`default_cache_path` unless a path is given), keyed by
+are cached in a JSON file (the pass context's ``cache_dir``; in memory when none is given), keyed by
 the onnxruntime version, the CPU model and the thread count, then by a hash of the two
 chains' structure (op types, attributes, constant shapes, wiring), the input shape,
 dtype and opset. A cache that cannot be read or written is ignored with a warning:
@@ -44,6 +44,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
+
+from onnxprune.runtime import make_session, measure_budget
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +82,6 @@ class WeightMode(str, Enum):
     VALUES = "values"  # initializers holding the given values
     RANDOM = "random"  # initializers of random values of the same shapes (timing)
     INPUTS = "inputs"  # graph inputs of the same shapes (shape inference and costing)
-
-
-def default_cache_path() -> Path:
-    return Path.home() / ".cache" / "onnxprune" / "latency.json"
 
 
 def cpu_model() -> str:
@@ -202,8 +200,11 @@ class LatencyCache:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path) if path is not None else default_cache_path()
+        # No path: kept in memory for this run only (the pass context names the file).
+        self.path = Path(path) if path is not None else None
         self._data: dict[str, Any] = {"format": CACHE_FORMAT, "environments": {}}
+        if self.path is None:
+            return
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
             if isinstance(raw, dict) and raw.get("format") == CACHE_FORMAT and isinstance(raw.get("environments"), dict):
@@ -221,6 +222,8 @@ class LatencyCache:
 
     def store(self, env: str, key: str, entry: dict[str, Any]) -> None:
         self._data["environments"].setdefault(env, {})[key] = entry
+        if self.path is None:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".latency-", suffix=".json", dir=self.path.parent)
@@ -231,34 +234,11 @@ class LatencyCache:
             log.warning("cannot write latency cache %s: %s", self.path, exc)
 
 
-def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def measure(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray], *, threads: int = 1,
             budget_s: float = 0.3, min_runs: int = 5, max_runs: int = 200, warmup: int = 3) -> tuple[list[float], int]:
     """Median milliseconds of each model on ``feeds``, run interleaved; and the rounds run."""
-    sessions = [_session(m, threads) for m in models]
-    feeds = dict(feeds)
-    start = time.perf_counter()
-    for _ in range(warmup):
-        for s in sessions:
-            s.run(None, feeds)
-    per_round = max((time.perf_counter() - start) / max(warmup, 1), 1e-6)
-    rounds = int(min(max(budget_s / per_round, min_runs), max_runs))
-    times: list[list[float]] = [[] for _ in sessions]
-    order = list(range(len(sessions)))
-    for r in range(rounds):
-        for i in (order if r % 2 == 0 else order[::-1]):
-            t0 = time.perf_counter()
-            sessions[i].run(None, feeds)
-            times[i].append(time.perf_counter() - t0)
-    return [1e3 * statistics.median(t) for t in times], rounds
+    sessions = [make_session(m, threads) for m in models]
+    return measure_budget(sessions, feeds, budget_s=budget_s, min_runs=min_runs, max_runs=max_runs, warmup=warmup)
 
 
 def compare(dense: Chain, factored: Chain, input_shape: Sequence[int], *, dtype: np.dtype | type = np.float32,

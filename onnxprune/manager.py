@@ -18,6 +18,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import onnx
 
 from onnxprune.errors import OnnxPruneError, UsageError, VerificationError
+from onnxprune.context import PassContext
 from onnxprune.model import Model
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,11 @@ class Pass(ABC):
     def ensures(self, model: Model) -> None:
         """Raise when the pass did not leave the model as it promised."""
 
+    #: whether the pass cannot work without calibration data (it then refuses with one line).
+    needs_data: ClassVar[bool] = False
+
     @abstractmethod
-    def run(self, model: Model) -> PassResult: ...
+    def run(self, model: Model, ctx: PassContext) -> PassResult: ...
 
     @classmethod
     def summary(cls) -> str:
@@ -219,16 +223,18 @@ class PassManager:
         self.cost = cost
         self.progress = progress
 
-    def run(self, model: Model) -> list[PassRecord]:
+    def run(self, model: Model, ctx: PassContext | None = None) -> list[PassRecord]:
+        ctx = ctx if ctx is not None else PassContext()
         records: list[PassRecord] = []
         done: list[str] = []
+        last_cost: dict[str, Any] | None = None
         for p in self.passes:
             if self.progress:
                 self.progress(p.name)
             start = time.perf_counter()
             try:
                 p.requires(model)
-                result = p.run(model)
+                result = p.run(model, ctx)
                 p.ensures(model)
             except OnnxPruneError:
                 raise
@@ -236,8 +242,17 @@ class PassManager:
                 raise VerificationError(
                     f"pass {p.name!r} failed{_after(done)}: {type(exc).__name__}: {exc}"
                 ) from exc
-            if result.modified:
-                model.touch()
+            if not result.modified:
+                # Nothing changed: no export, verification or costing to redo.
+                if last_cost is None and self.cost is not None:
+                    last_cost = self.cost(model.to_onnx())
+                seconds = time.perf_counter() - start
+                records.append(PassRecord(p.name, options_dict(p.options), False, result.stats, round(seconds, 3),
+                                          last_cost))
+                log.info("pass %s: not modified (%.2fs)", p.name, seconds)
+                done.append(p.name)
+                continue
+            model.touch()
             try:
                 proto = model.to_onnx()
             except Exception as exc:  # gs refuses to export a broken graph (cycles, dangling tensors)
@@ -248,6 +263,7 @@ class PassManager:
                 self.verifier(proto, p.name, list(done))
             seconds = time.perf_counter() - start
             cost = self.cost(proto) if self.cost else None
+            last_cost = cost
             records.append(PassRecord(p.name, options_dict(p.options), result.modified, result.stats, round(seconds, 3), cost))
             log.info("pass %s: modified=%s in %.2fs", p.name, result.modified, seconds)
             done.append(p.name)

@@ -31,34 +31,9 @@ import onnxruntime as ort
 
 from onnxprune.data import Dataset
 from onnxprune.errors import DataError, ModelError, OnnxPruneError, UsageError, VerificationError
+from onnxprune.runtime import make_session, measure_latency  # noqa: F401  (re-exported)
 
 Outputs = Mapping[str, Any] | Sequence[Mapping[str, np.ndarray]]
-
-
-def make_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 1) -> ort.InferenceSession:
-    """A CPU session with fixed thread counts and all graph optimizations.
-
-    Raises ModelError when onnxruntime refuses the model.
-    """
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UsageError(f"threads must be a positive integer, got {threads!r}")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    # Spinning worker threads of an idle session would steal cores from the session
-    # timed next to it in interleaved measurements.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    elif isinstance(model, Path):
-        model = str(model)
-    try:
-        return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises several unrelated types
-        raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
 
 
 # ---------------------------------------------------------------------------- fidelity
@@ -169,43 +144,6 @@ def accuracy(outputs: Sequence[np.ndarray], labels: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------- latency
-
-def measure_latency(
-    sessions: Sequence[ort.InferenceSession], feed: Mapping[str, np.ndarray], *, warmup: int = 5, runs: int = 50
-) -> list[dict[str, float]]:
-    """Interleaved timing: round i runs every session once, starting from session i mod k.
-
-    Returns, per session, ``median_ms``, ``p10_ms``, ``p90_ms``, ``mean_ms`` and ``runs``.
-    """
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise UsageError(f"latency runs must be a positive integer, got {runs!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise UsageError(f"warmup must be a non-negative integer, got {warmup!r}")
-    k = len(sessions)
-    feeds = [{i.name: feed[i.name] for i in s.get_inputs() if i.name in feed} for s in sessions]
-    times: list[list[float]] = [[] for _ in sessions]
-    for rnd in range(warmup + runs):
-        for j in range(k):
-            idx = (rnd + j) % k
-            t0 = time.perf_counter()
-            sessions[idx].run(None, feeds[idx])
-            dt = time.perf_counter() - t0
-            if rnd >= warmup:
-                times[idx].append(dt * 1e3)
-    result = []
-    for ts in times:
-        p10, p90 = np.percentile(ts, [10, 90])
-        result.append(
-            {
-                "median_ms": float(statistics.median(ts)),
-                "p10_ms": float(p10),
-                "p90_ms": float(p90),
-                "mean_ms": float(statistics.fmean(ts)),
-                "runs": len(ts),
-            }
-        )
-    return result
-
 
 # ---------------------------------------------------------------------------- validate
 

@@ -38,6 +38,7 @@ from onnxprune.decomp import rank_by_energy, rank_by_fraction
 from onnxprune.errors import UsageError
 from onnxprune.latency import INPUT, Chain, Const, LatencyCache, Step, WeightMode, chain_model, compare
 from onnxprune.manager import Pass, PassResult, check_range
+from onnxprune.context import PassContext
 from onnxprune.model import Model
 
 # Stand-in for a symbolic dim other than the batch when costing and timing a layer.
@@ -357,12 +358,16 @@ def chain_cost(chain: Chain, x_shape: Sequence[int], dtype: np.dtype, opset: int
 class Ledger:
     """Per-pass bookkeeping and the shared steps of every layer rewrite (see module docstring)."""
 
-    def __init__(self, model: Model, options: LayerOptions) -> None:
+    def __init__(self, model: Model, options: LayerOptions, ctx: PassContext | None = None) -> None:
         self.model = model
         self.graph: gs.Graph = model.graph
         self.options = options
+        self.ctx = ctx if ctx is not None else PassContext()
         self.opset = model.opset
-        self.cache = LatencyCache(options.latency_cache) if options.check_latency else None
+        # The cache file is the option's, else the context's; with neither, timings are kept for this run only.
+        path = options.latency_cache or self.ctx.latency_cache_path()
+        self.cache = LatencyCache(path) if options.check_latency else None
+        self.threads = options.latency_threads if options.latency_threads != 1 else self.ctx.target.threads
         self.records: list[LayerRecord] = []
         self._current: LayerRecord | None = None
 
@@ -414,7 +419,7 @@ class Ledger:
         if self.cache is None:
             return
         timing = compare(layer.dense, factored, layer.x_shape, dtype=layer.dtype, opset=self.opset,
-                         cache=self.cache, threads=self.options.latency_threads)
+                         cache=self.cache, threads=self.threads)
         rec.latency = timing.to_dict()
         if not timing.faster:
             raise Skip(f"not faster in onnxruntime: {timing.dense_ms:.4g} ms dense, "

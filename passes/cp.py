@@ -45,6 +45,7 @@ from onnxprune.decomp import CPFactors, rank_by_fraction
 from onnxprune.errors import UnsupportedError, UsageError
 from onnxprune.latency import INPUT, Chain, Const, Step
 from onnxprune.manager import Pass, PassResult, check_range
+from onnxprune.context import PassContext
 from onnxprune.model import Model
 from onnxprune.passes._lowrank_common import OUTPUT, ConvLayer, ConvOptions, Ledger, Skip, conv_layer, run_single, shaped
 
@@ -96,9 +97,9 @@ class CPDecompose(Pass):
     name = "cp"
     Options = Options
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
         o: Options = self.options
-        ledger = Ledger(model, o)
+        ledger = Ledger(model, o, ctx)
         for node in ledger.candidates(("Conv",)):
             with ledger.layer(node) as rec:
                 layer = conv_layer(ledger, node, o.include_1x1)

@@ -45,6 +45,7 @@ from onnxprune.decomp import diagonal_matrix, diagonal_plus_lowrank, relative_er
 from onnxprune.errors import UsageError
 from onnxprune.latency import INPUT, Chain, Const, Step
 from onnxprune.manager import Pass, PassResult, check_range
+from onnxprune.context import PassContext
 from onnxprune.model import Model
 from onnxprune.passes._lowrank_common import (OUTPUT, Layer, LayerOptions, Ledger, Skip, matrix_layer, run_single,
                                               shaped)
@@ -104,9 +105,9 @@ class DiagonalApproximate(Pass):
     name = "diagonal"
     Options = Options
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
         o: Options = self.options
-        ledger = Ledger(model, o)
+        ledger = Ledger(model, o, ctx)
         for node in ledger.candidates(("MatMul", "Gemm")):
             with ledger.layer(node) as rec:
                 layer = matrix_layer(ledger, node)

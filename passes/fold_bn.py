@@ -29,6 +29,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune import ir
 from onnxprune.manager import Pass, PassResult
+from onnxprune.context import PassContext
 from onnxprune.model import Model
 
 PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
@@ -50,7 +51,7 @@ class FoldBatchNorm(Pass):
     name = "fold-bn"
     Options = Options
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
         graph = model.graph
         folded: Counter[str] = Counter()
         skipped: dict[str, str] = {}

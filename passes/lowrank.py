@@ -34,6 +34,7 @@ import onnx
 from onnxprune.decomp import LowRank, lowrank_svd, relative_error
 from onnxprune.latency import INPUT, Chain, Const, Step
 from onnxprune.manager import Pass, PassResult
+from onnxprune.context import PassContext
 from onnxprune.model import Model
 from onnxprune.passes._lowrank_common import (OUTPUT, Layer, LayerOptions, Ledger, RankKind, matrix_layer,
                                               matrix_rank_rule, pick_rank, run_single, shaped)
@@ -72,10 +73,10 @@ class LowRankFactorize(Pass):
     name = "lowrank"
     Options = Options
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
         o: Options = self.options
         rule = o.rule()
-        ledger = Ledger(model, o)
+        ledger = Ledger(model, o, ctx)
         for node in ledger.candidates(("MatMul", "Gemm")):
             with ledger.layer(node) as rec:
                 layer = matrix_layer(ledger, node)

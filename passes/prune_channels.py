@@ -30,21 +30,8 @@ import onnx
 from onnxprune.channels import Analysis, analyze, apply_removal
 from onnxprune.criteria import Criterion, atom_scores
 from onnxprune.manager import Pass, PassResult, check_range
+from onnxprune.context import PassContext
 from onnxprune.model import Model
-
-
-def cpu_vector_width() -> int:
-    """float32 lanes of the widest SIMD unit onnxruntime will use here (16 AVX-512, 8 AVX2, else 4)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "")
-    except OSError:
-        return 4
-    if " avx512f" in flags:
-        return 16
-    if " avx2" in flags:
-        return 8
-    return 4
 
 
 @dataclass(frozen=True)
@@ -104,14 +91,14 @@ def choose_atoms(analysis: Analysis, scores: np.ndarray, opts: Options, round_to
     return chosen
 
 
-def _latency_ratio(before: onnx.ModelProto, after: onnx.ModelProto, runs: int) -> float:
+def _latency_ratio(before: onnx.ModelProto, after: onnx.ModelProto, ctx: PassContext, runs: int) -> float:
+    """After/before latency on one calibration batch at its real size (random at the
+    context's input shapes when there is no data)."""
     from onnxprune.data import load_dataset
-    from onnxprune.validate import make_session, measure_latency
+    from onnxprune.runtime import latency_ratio
 
-    feed = load_dataset(before, None, limit=1, batch_size=1).batches[0]
-    sessions = [make_session(before, threads=1), make_session(after, threads=1)]
-    t = measure_latency(sessions, feed, warmup=3, runs=runs)
-    return t[1]["median_ms"] / t[0]["median_ms"]
+    feed = ctx.feed() or load_dataset(before, None, limit=1, batch_size=1, shapes=ctx.input_shapes).batches[0]
+    return latency_ratio(before, after, feed, threads=ctx.target.threads, runs=runs)
 
 
 class PruneChannels(Pass):
@@ -120,9 +107,9 @@ class PruneChannels(Pass):
     name = "prune-channels"
     Options = Options
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
         opts: Options = self.options
-        round_to = opts.round_to or cpu_vector_width()
+        round_to = opts.round_to or ctx.target.vector_width
         snapshot = model.to_onnx()
         analysis = analyze(model, opts.protect)
         scores, fell_back = atom_scores(analysis, opts.criterion)
@@ -147,7 +134,7 @@ class PruneChannels(Pass):
             model.refresh_shapes()
             if not opts.latency_guard:
                 break
-            ratio = _latency_ratio(snapshot, model.to_onnx(), opts.guard_runs)
+            ratio = _latency_ratio(snapshot, model.to_onnx(), ctx, opts.guard_runs)
             tried.append({"round_to": round_to, "latency_ratio": round(ratio, 4)})
             if ratio <= 1.0 or round_to >= 64:
                 if ratio <= 1.0:

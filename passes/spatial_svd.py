@@ -36,6 +36,7 @@ from onnxprune import decomp
 from onnxprune.decomp import SpatialSVD, reconstruct_spatial, relative_error
 from onnxprune.latency import INPUT, Chain, Const, Step
 from onnxprune.manager import Pass, PassResult
+from onnxprune.context import PassContext
 from onnxprune.model import Model
 from onnxprune.passes._lowrank_common import (OUTPUT, ConvLayer, ConvOptions, Ledger, RankKind, conv_layer,
                                               matrix_rank_rule, pick_rank, run_single, shaped)
@@ -73,10 +74,10 @@ class SpatialSVDDecompose(Pass):
     name = "spatial-svd"
     Options = Options
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
         o: Options = self.options
         rule = o.rule()
-        ledger = Ledger(model, o)
+        ledger = Ledger(model, o, ctx)
         for node in ledger.candidates(("Conv",)):
             with ledger.layer(node) as rec:
                 layer = conv_layer(ledger, node, o.include_1x1)

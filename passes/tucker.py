@@ -35,6 +35,7 @@ from onnxprune.decomp import RankRule, Tucker2, TuckerMethod, reconstruct_tucker
 from onnxprune.errors import UsageError
 from onnxprune.latency import INPUT, Chain, Const, Step
 from onnxprune.manager import Pass, PassResult, check_range
+from onnxprune.context import PassContext
 from onnxprune.model import Model
 from onnxprune.passes._lowrank_common import OUTPUT, ConvLayer, ConvOptions, Ledger, conv_layer, run_single, shaped
 
@@ -91,10 +92,10 @@ class TuckerDecompose(Pass):
     name = "tucker"
     Options = Options
 
-    def run(self, model: Model) -> PassResult:
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
         o: Options = self.options
         rule, value = o.rule()
-        ledger = Ledger(model, o)
+        ledger = Ledger(model, o, ctx)
         for node in ledger.candidates(("Conv",)):
             with ledger.layer(node) as rec:
                 layer = conv_layer(ledger, node, o.include_1x1)

@@ -41,7 +41,7 @@ class Demo(Pass):
     name = "demo"
     Options = DemoOptions
 
-    def run(self, model):
+    def run(self, model, ctx):
         return PassResult(False, {"seen": len(model.graph.nodes)})
 
 
@@ -50,7 +50,7 @@ class BreakOutputs(Pass):
 
     name = "break"
 
-    def run(self, model):
+    def run(self, model, ctx):
         model.graph.outputs[0].name = "renamed"
         return PassResult(True)
 
@@ -60,7 +60,7 @@ class MakeCycle(Pass):
 
     name = "cycle"
 
-    def run(self, model):
+    def run(self, model, ctx):
         node = model.graph.nodes[0]
         node.inputs[0] = node.outputs[0]
         return PassResult(True)

@@ -29,8 +29,11 @@ def test_fold_bn_imagenet_accuracy(zoo, tmp_path, name, recipe, top1):
     onnx.checker.check_model(onnx.load(out), full_check=True)
     r = json.loads(rep.read_text())
     v = r["validation"]
-    assert v["data"]["n_samples"] == 1000
-    assert abs(v["accuracy"]["before"] * 100 - top1) <= 0.1 + 1e-9  # within one image of 1000
+    # --data alone is split (seed 0): 256 calibration images, the other 744 evaluate.
+    assert r["data"]["split"]["calibration"] == 256 and r["data"]["split"]["evaluation"] == 744
+    assert v["data"]["n_samples"] == 744
+    # The full-sample baseline is over 1000 images; a 744-image subset stays within a few points.
+    assert abs(v["accuracy"]["before"] * 100 - top1) <= 3.0
     assert v["accuracy"]["after"] == v["accuracy"]["before"]
     for m in v["outputs"].values():
         assert m["max_rel"] < 1e-4  # max |difference| relative to the largest |output|
@@ -49,4 +52,6 @@ def test_fold_bn_other_zoo_models(zoo, tmp_path, name):
     for m in v["outputs"].values():
         assert m["max_rel"] < 1e-4 and m["cosine"] > 0.99999
     if name == "mnist-8":
-        assert round(v["accuracy"]["before"] * 100, 2) == 98.91 == round(v["accuracy"]["after"] * 100, 2)
+        assert v["data"]["n_samples"] == 10000 - 256
+        assert abs(v["accuracy"]["before"] * 100 - 98.91) < 0.5
+        assert v["accuracy"]["after"] == v["accuracy"]["before"]

@@ -65,7 +65,7 @@ def environment(argv: Sequence[str] | None = None) -> dict[str, Any]:
         sim = getattr(onnxsim, "__version__", "?")
     except ImportError:
         sim = None
-    from onnxprune.passes.prune_channels import cpu_vector_width
+    from onnxprune.context import Target
 
     argv = list(sys.argv if argv is None else argv)
     return {
@@ -74,7 +74,7 @@ def environment(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "vector_width_fp32": cpu_vector_width(),
+        "vector_width_fp32": Target.detect().vector_width,
         "python": platform.python_version(),
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,

@@ -119,7 +119,7 @@ def test_global_scope_total():
 
 
 def test_latency_guard_reverts_when_slower(monkeypatch):
-    monkeypatch.setattr(pc, "_latency_ratio", lambda before, after, runs: 1.5)
+    monkeypatch.setattr(pc, "_latency_ratio", lambda before, after, ctx, runs: 1.5)
     model = _chain()
     out, rec = _prune(model, "prune-channels:ratio=0.5,round-to=1")
     assert rec.modified is False and "reverted" in rec.stats
