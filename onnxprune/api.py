@@ -68,8 +68,16 @@ def prepare_data(original: onnx.ModelProto, *, data: str | os.PathLike[str] | No
       calibration and the rest for evaluation.
     * neither: random data at the given input shapes; the report says the check is weak.
     """
-    from onnxprune.data import batch_step, dynamic_dims, load_dataset, parse_input_shapes, parse_recipe, \
-        resolve_input_shapes, split_dataset, subset
+    from onnxprune.data import (
+        batch_step,
+        dynamic_dims,
+        load_dataset,
+        parse_input_shapes,
+        parse_recipe,
+        resolve_input_shapes,
+        split_dataset,
+        subset,
+    )
     from onnxprune.errors import DataError
 
     shapes = resolve_input_shapes(original, input_shapes if isinstance(input_shapes, dict)

@@ -227,7 +227,8 @@ def _quality_warnings(validation: dict[str, Any]) -> list[str]:
 
 
 def _gate(validation: dict[str, Any], args: argparse.Namespace) -> None:
-    from onnxprune.errors import QualityError, UsageError as _Usage
+    from onnxprune.errors import QualityError
+    from onnxprune.errors import UsageError as _Usage
 
     if args.max_drop is not None:
         acc = validation.get("accuracy")

@@ -13,17 +13,28 @@ Low score = removed first.
 * ``bn-scale``: |γ| of BatchNorm members (network slimming); groups with no BatchNorm fall
   back to l1, and the pass reports how many did.
 
-Data-driven criteria take activations as well; the signature leaves room for them.
+The interface is open: a criterion is a :class:`ChannelCriterion` subclass with a
+``name`` (the option value), ``needs_data`` and ``score(analysis, model, ctx)`` returning
+one score per atom (NaN: not scored, never pruned) and a stats dict. ``register`` adds
+it to :data:`CRITERIA`; ``get_criterion(name)`` finds it (a misspelt name lists the
+valid ones). Weight criteria (l1, l2, fpgm, bn-scale) live here; data-driven ones
+(apoz, variance, activation, thinet, car) in their own modules, imported at the end.
 """
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
 from onnxprune.channels.analysis import Analysis
 from onnxprune.channels.core import Member, Role
+from onnxprune.errors import UsageError
+
+if TYPE_CHECKING:
+    from onnxprune.context import PassContext
+    from onnxprune.model import Model
 
 
 class Criterion(enum.Enum):
@@ -95,3 +106,75 @@ def atom_scores(analysis: Analysis, criterion: Criterion,
             np.add.at(count, analysis.atom_of[m.space], 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan), fell_back
+
+
+# ---------------------------------------------------------------------------- the open interface
+
+
+class ChannelCriterion(ABC):
+    """Scores atoms of a channel analysis; low scores are removed first."""
+
+    name: ClassVar[str]
+    needs_data: ClassVar[bool] = False
+
+    @abstractmethod
+    def score(self, analysis: Analysis, model: Model, ctx: PassContext) -> tuple[np.ndarray, dict[str, Any]]:
+        """One score per atom of ``analysis`` (NaN: no opinion, never pruned), and stats for the report."""
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+CRITERIA: dict[str, type[ChannelCriterion]] = {}
+
+
+def register(cls: type[ChannelCriterion]) -> type[ChannelCriterion]:
+    if cls.name in CRITERIA:
+        raise ValueError(f"criterion {cls.name!r} registered twice")
+    CRITERIA[cls.name] = cls
+    return cls
+
+
+def get_criterion(name: str) -> ChannelCriterion:
+    try:
+        return CRITERIA[name]()
+    except KeyError:
+        raise UsageError(f"unknown criterion {name!r}; valid criteria: {', '.join(CRITERIA)}") from None
+
+
+class _WeightCriterion(ChannelCriterion):
+    kind: ClassVar[Criterion]
+
+    def score(self, analysis: Analysis, model: Model, ctx: PassContext) -> tuple[np.ndarray, dict[str, Any]]:
+        scores, fell_back = atom_scores(analysis, self.kind)
+        return scores, ({"bn_scale_fallback_groups": fell_back} if fell_back else {})
+
+
+@register
+class L1(_WeightCriterion):
+    """Sum of |w| of each channel's weight slices (Li et al. 2017)."""
+
+    name, kind = "l1", Criterion.L1
+
+
+@register
+class L2(_WeightCriterion):
+    """Euclidean norm of each channel's weight slices."""
+
+    name, kind = "l2", Criterion.L2
+
+
+@register
+class FPGM(_WeightCriterion):
+    """Distance of each filter to the layer's others: near the geometric median goes first (He et al. 2019)."""
+
+    name, kind = "fpgm", Criterion.FPGM
+
+
+@register
+class BNScale(_WeightCriterion):
+    """|γ| of BatchNorm members (network slimming); groups without BN fall back to l1."""
+
+    name, kind = "bn-scale", Criterion.BN_SCALE

@@ -34,6 +34,7 @@ import onnx
 from onnxprune.errors import DataError, UnsupportedError, UsageError
 from onnxprune.images import PRESETS, Recipe, parse_recipe, preprocess_image  # noqa: F401  (re-exported)
 
+
 @dataclass(frozen=True)
 class InputSpec:
     """One graph input: ints are fixed dims, str (dim_param) or None are symbolic."""

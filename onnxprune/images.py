@@ -16,6 +16,7 @@ import numpy as np
 
 from onnxprune.errors import UsageError
 
+
 @dataclass(frozen=True)
 class Recipe:
     """Image preprocessing, applied in this order: open as RGB (or L), shorter side to

@@ -32,9 +32,7 @@ import json
 import logging
 import os
 import platform
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path

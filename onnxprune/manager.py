@@ -17,8 +17,8 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import onnx
 
-from onnxprune.errors import OnnxPruneError, UsageError, VerificationError
 from onnxprune.context import PassContext
+from onnxprune.errors import OnnxPruneError, UsageError, VerificationError
 from onnxprune.model import Model
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,8 @@ goes first, so drift in the machine (frequency, other load) hits both alike.
 from __future__ import annotations
 
 import math
-import statistics
 import sys
-import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np

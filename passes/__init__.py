@@ -1,7 +1,6 @@
 """The registered passes: one explicit list, in the order ``--list-passes`` prints them."""
 from __future__ import annotations
 
-from onnxprune.manager import Pass, Registry
 from onnxprune.passes.cp import CPDecompose
 from onnxprune.passes.diagonal import DiagonalApproximate
 from onnxprune.passes.fold_bn import FoldBatchNorm
@@ -9,6 +8,8 @@ from onnxprune.passes.lowrank import LowRankFactorize
 from onnxprune.passes.prune_channels import PruneChannels
 from onnxprune.passes.spatial_svd import SpatialSVDDecompose
 from onnxprune.passes.tucker import TuckerDecompose
+
+from onnxprune.manager import Pass, Registry
 
 PASSES: list[type[Pass]] = [
     FoldBatchNorm,

@@ -33,12 +33,12 @@ import onnx_graphsurgeon as gs
 
 from onnxprune import ir
 from onnxprune.api import run_passes
+from onnxprune.context import PassContext
 from onnxprune.cost import model_cost
 from onnxprune.decomp import rank_by_energy, rank_by_fraction
 from onnxprune.errors import UsageError
 from onnxprune.latency import INPUT, Chain, Const, LatencyCache, Step, WeightMode, chain_model, compare
 from onnxprune.manager import Pass, PassResult, check_range
-from onnxprune.context import PassContext
 from onnxprune.model import Model
 
 # Stand-in for a symbolic dim other than the batch when costing and timing a layer.

@@ -39,15 +39,24 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import onnx
+from onnxprune.passes._lowrank_common import (
+    OUTPUT,
+    ConvLayer,
+    ConvOptions,
+    Ledger,
+    Skip,
+    conv_layer,
+    run_single,
+    shaped,
+)
 
 from onnxprune import decomp
+from onnxprune.context import PassContext
 from onnxprune.decomp import CPFactors, rank_by_fraction
 from onnxprune.errors import UnsupportedError, UsageError
 from onnxprune.latency import INPUT, Chain, Const, Step
 from onnxprune.manager import Pass, PassResult, check_range
-from onnxprune.context import PassContext
 from onnxprune.model import Model
-from onnxprune.passes._lowrank_common import OUTPUT, ConvLayer, ConvOptions, Ledger, Skip, conv_layer, run_single, shaped
 
 
 @dataclass(frozen=True)

@@ -39,16 +39,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnx
+from onnxprune.passes._lowrank_common import OUTPUT, Layer, LayerOptions, Ledger, Skip, matrix_layer, run_single, shaped
 
+from onnxprune.context import PassContext
 from onnxprune.decomp import diagonal as best_diagonal
 from onnxprune.decomp import diagonal_matrix, diagonal_plus_lowrank, relative_error
 from onnxprune.errors import UsageError
 from onnxprune.latency import INPUT, Chain, Const, Step
 from onnxprune.manager import Pass, PassResult, check_range
-from onnxprune.context import PassContext
 from onnxprune.model import Model
-from onnxprune.passes._lowrank_common import (OUTPUT, Layer, LayerOptions, Ledger, Skip, matrix_layer, run_single,
-                                              shaped)
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune import ir
-from onnxprune.manager import Pass, PassResult
 from onnxprune.context import PassContext
+from onnxprune.manager import Pass, PassResult
 from onnxprune.model import Model
 
 PRODUCERS = ("Conv", "ConvTranspose", "Gemm")

@@ -30,14 +30,24 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnx
+from onnxprune.passes._lowrank_common import (
+    OUTPUT,
+    Layer,
+    LayerOptions,
+    Ledger,
+    RankKind,
+    matrix_layer,
+    matrix_rank_rule,
+    pick_rank,
+    run_single,
+    shaped,
+)
 
+from onnxprune.context import PassContext
 from onnxprune.decomp import LowRank, lowrank_svd, relative_error
 from onnxprune.latency import INPUT, Chain, Const, Step
 from onnxprune.manager import Pass, PassResult
-from onnxprune.context import PassContext
 from onnxprune.model import Model
-from onnxprune.passes._lowrank_common import (OUTPUT, Layer, LayerOptions, Ledger, RankKind, matrix_layer,
-                                              matrix_rank_rule, pick_rank, run_single, shaped)
 
 
 @dataclass(frozen=True)

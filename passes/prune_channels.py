@@ -28,16 +28,17 @@ import numpy as np
 import onnx
 
 from onnxprune.channels import Analysis, analyze, apply_removal
-from onnxprune.criteria import Criterion, atom_scores
-from onnxprune.manager import Pass, PassResult, check_range
 from onnxprune.context import PassContext
+from onnxprune.criteria import CRITERIA, get_criterion
+from onnxprune.errors import UsageError
+from onnxprune.manager import Pass, PassResult, check_range
 from onnxprune.model import Model
 
 
 @dataclass(frozen=True)
 class Options:
     ratio: float = 0.3
-    criterion: Criterion = Criterion.L1
+    criterion: str = "l1"
     scope: Literal["local", "global"] = "local"
     round_to: int | None = None
     min_channels: int = 1
@@ -47,6 +48,8 @@ class Options:
 
     def __post_init__(self) -> None:
         check_range("prune-channels", "ratio", self.ratio, 0.0, 1.0, hi_open=True)
+        if self.criterion not in CRITERIA:
+            raise UsageError(f"pass prune-channels: criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
         if self.round_to is not None:
             check_range("prune-channels", "round-to", self.round_to, 1, 1024)
         check_range("prune-channels", "min-channels", self.min_channels, 1, 1 << 20)
@@ -112,15 +115,17 @@ class PruneChannels(Pass):
         round_to = opts.round_to or ctx.target.vector_width
         snapshot = model.to_onnx()
         analysis = analyze(model, opts.protect)
-        scores, fell_back = atom_scores(analysis, opts.criterion)
+        criterion = get_criterion(opts.criterion)
+        if criterion.needs_data:
+            ctx.require_data(self.name, f"criterion={opts.criterion}")
+        scores, crit_stats = criterion.score(analysis, model, ctx)
         stats: dict[str, Any] = {
-            "criterion": opts.criterion.value, "scope": opts.scope, "importance": "mean of per-layer mean-normalised scores",
+            "criterion": opts.criterion, "scope": opts.scope, "importance": "mean of per-layer mean-normalised scores",
             "analysis_seconds": round(analysis.seconds, 4), "groups": len(analysis.groups),
             "prunable_groups": sum(1 for g in analysis.groups if analysis.prunable_atoms(g)),
             "blocked": [{"sources": g.sources, "node": n, "reason": r} for g in analysis.groups for n, r in g.blocked[:1]],
         }
-        if fell_back:
-            stats["bn_scale_fallback_groups"] = fell_back
+        stats.update(crit_stats)
         tried = []
         while True:
             atoms = choose_atoms(analysis, scores, opts, round_to)
@@ -146,7 +151,7 @@ class PruneChannels(Pass):
             model.reset(snapshot)
             round_to *= 2
             analysis = analyze(model, opts.protect)
-            scores, _ = atom_scores(analysis, opts.criterion)
+            scores, _ = criterion.score(analysis, model, ctx)
         per_group = []
         for g in analysis.groups:
             gone = [a for a in atoms if analysis.atoms[a].group == g.id]
@@ -158,7 +163,7 @@ class PruneChannels(Pass):
 
 
 def prune_channels(model: onnx.ModelProto, **options: Any) -> onnx.ModelProto:
-    """Library twin of the pass: ``prune_channels(proto, ratio=0.3, criterion=Criterion.L1)``."""
+    """Library twin of the pass: ``prune_channels(proto, ratio=0.3, criterion="fpgm")``."""
     from onnxprune.api import run_passes
 
     out, _ = run_passes(model, [PruneChannels(Options(**options))])

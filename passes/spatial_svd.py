@@ -31,15 +31,25 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnx
+from onnxprune.passes._lowrank_common import (
+    OUTPUT,
+    ConvLayer,
+    ConvOptions,
+    Ledger,
+    RankKind,
+    conv_layer,
+    matrix_rank_rule,
+    pick_rank,
+    run_single,
+    shaped,
+)
 
 from onnxprune import decomp
+from onnxprune.context import PassContext
 from onnxprune.decomp import SpatialSVD, reconstruct_spatial, relative_error
 from onnxprune.latency import INPUT, Chain, Const, Step
 from onnxprune.manager import Pass, PassResult
-from onnxprune.context import PassContext
 from onnxprune.model import Model
-from onnxprune.passes._lowrank_common import (OUTPUT, ConvLayer, ConvOptions, Ledger, RankKind, conv_layer,
-                                              matrix_rank_rule, pick_rank, run_single, shaped)
 
 
 @dataclass(frozen=True)

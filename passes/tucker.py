@@ -30,14 +30,22 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import onnx
+from onnxprune.passes._lowrank_common import OUTPUT, ConvLayer, ConvOptions, Ledger, conv_layer, run_single, shaped
 
-from onnxprune.decomp import RankRule, Tucker2, TuckerMethod, reconstruct_tucker2, relative_error, tucker2, tucker2_ranks
+from onnxprune.context import PassContext
+from onnxprune.decomp import (
+    RankRule,
+    Tucker2,
+    TuckerMethod,
+    reconstruct_tucker2,
+    relative_error,
+    tucker2,
+    tucker2_ranks,
+)
 from onnxprune.errors import UsageError
 from onnxprune.latency import INPUT, Chain, Const, Step
 from onnxprune.manager import Pass, PassResult, check_range
-from onnxprune.context import PassContext
 from onnxprune.model import Model
-from onnxprune.passes._lowrank_common import OUTPUT, ConvLayer, ConvOptions, Ledger, conv_layer, run_single, shaped
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ import enum
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import pytest
 from onnx import helper
 

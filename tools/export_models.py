@@ -99,7 +99,6 @@ def _one_line(text: str, limit: int = 400) -> str:
 # ---------------------------------------------------------------------------
 
 def build_model(source: str, name: str):
-    import torch
 
     if source == "torchvision":
         import torchvision

@@ -17,7 +17,6 @@ from typing import Any, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune import ir
 from onnxprune.channels.core import HANDLERS, SOURCES, Conflict, Context, Role, Space
 from onnxprune.model import Model
 

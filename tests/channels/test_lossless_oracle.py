@@ -10,7 +10,8 @@ model's onnxruntime outputs to equal the dead model's within 1e-5, with verifica
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from onnxprune.channels import analyze, apply_removal
 from onnxprune.graphgen import random_cnn

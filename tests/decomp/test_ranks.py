@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from onnxprune.decomp.ranks import _tau_bar, rank_by_energy, rank_by_fraction, vbmf_rank
 from onnxprune.errors import UsageError
 
-
 # --- fraction ---------------------------------------------------------------------
 
 @pytest.mark.parametrize(

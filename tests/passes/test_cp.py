@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import helper
+from onnxprune.passes import REGISTRY
+from onnxprune.passes.cp import cp
 
 from onnxprune.errors import UsageError
 from onnxprune.model import normalize
-from onnxprune.passes import REGISTRY
-from onnxprune.passes.cp import cp
 from onnxprune.testing import make_model, vinfo
 
 

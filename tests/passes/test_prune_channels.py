@@ -4,15 +4,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from onnx import helper
+from onnxprune.passes import REGISTRY
+from onnxprune.passes import prune_channels as pc
 
 from onnxprune.api import run_passes
 from onnxprune.errors import UsageError
 from onnxprune.graphgen import random_cnn
 from onnxprune.model import normalize
-from onnxprune.passes import REGISTRY
-from onnxprune.passes import prune_channels as pc
 from onnxprune.testing import make_model, random_feeds, run, vinfo
 
 

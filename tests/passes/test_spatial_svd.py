@@ -4,14 +4,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import helper
+from onnxprune.passes import REGISTRY
+from onnxprune.passes.spatial_svd import spatial_svd
 
 from onnxprune.decomp import rank_by_energy
 from onnxprune.errors import UsageError
 from onnxprune.model import normalize
-from onnxprune.passes import REGISTRY
-from onnxprune.passes.spatial_svd import spatial_svd
 from onnxprune.testing import make_model, vinfo
 
 FULL = "spatial-svd:fraction=1.0,only-cheaper=false,check-latency=false,include-1x1=true"

@@ -4,15 +4,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import helper
+from onnxprune.passes import REGISTRY
+from onnxprune.passes.tucker import tucker
 
 from onnxprune.api import run_passes
 from onnxprune.decomp import tucker2_ranks
 from onnxprune.errors import UsageError
 from onnxprune.model import load_model, normalize
-from onnxprune.passes import REGISTRY
-from onnxprune.passes.tucker import tucker
 from onnxprune.testing import make_model, vinfo
 
 FULL = "tucker:fraction=1.0,only-cheaper=false,check-latency=false,include-1x1=true"
