@@ -20,6 +20,7 @@ a time (so a fixed batch of 1 wins over ``batch_size``); a symbolic one takes
 from __future__ import annotations
 
 import gzip
+import os
 import math
 import re
 import struct
@@ -101,7 +102,7 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif"
 
 def load_dataset(
     model: onnx.ModelProto,
-    data: str | Path | None,
+    data: str | os.PathLike[str] | None,
     *,
     recipe: Recipe | None = None,
     labels: str | Path | None = None,
