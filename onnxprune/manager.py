@@ -53,6 +53,9 @@ class Pass(ABC):
     #: whether the pass cannot work without calibration data (it then refuses with one line).
     needs_data: ClassVar[bool] = False
 
+    #: whether the pass works on quantized graphs (QDQ / QLinear ops); others refuse them with one line.
+    accepts_quantized: ClassVar[bool] = False
+
     @abstractmethod
     def run(self, model: Model, ctx: PassContext) -> PassResult: ...
 
@@ -232,6 +235,10 @@ class PassManager:
             if self.progress:
                 self.progress(p.name)
             start = time.perf_counter()
+            if not p.accepts_quantized:
+                from onnxprune.quantized import refuse_if_quantized
+
+                refuse_if_quantized(model, p.name, _after(done))
             try:
                 p.requires(model)
                 result = p.run(model, ctx)
