@@ -8,34 +8,12 @@ Library use::
 """
 from __future__ import annotations
 
-import importlib.util as _ilu
-import sys as _sys
-from pathlib import Path as _Path
-
 __version__ = "0.1.0"
 
-
-def _bind_source_passes() -> None:
-    # In the source tree the passes live in ../passes; the wheel maps that folder to
-    # onnxprune/passes (pyproject package-dir). When this package is imported from the
-    # source tree (python -m onnxprune, pytest from the repo root) neither an installed
-    # wheel nor the editable finder is consulted, so bind ../passes here.
-    here = _Path(__file__).resolve().parent
-    src = here.parent / "passes"
-    if (here / "passes").is_dir() or not (src / "__init__.py").is_file():
-        return
-    if "onnxprune.passes" in _sys.modules:
-        return
-    spec = _ilu.spec_from_file_location(
-        "onnxprune.passes", src / "__init__.py", submodule_search_locations=[str(src)]
-    )
-    assert spec is not None and spec.loader is not None
-    module = _ilu.module_from_spec(spec)
-    _sys.modules["onnxprune.passes"] = module
-    spec.loader.exec_module(module)
-
-
-_bind_source_passes()
+# ``onnxprune.passes`` lives in the top-level ``passes/`` folder; the install maps it
+# (setup.py), and so does the editable install's finder when the package is imported
+# from a checkout (``python -m pytest`` from the repo root, which puts the checkout
+# first on sys.path). Nothing needs binding here.
 
 
 def __getattr__(name: str):  # lazy, so that `import onnxprune` stays cheap
