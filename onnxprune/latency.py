@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 INPUT = "x"
 
+#: how many dense-vs-factored measurements :func:`compare` has run in this process (cache hits
+#: not counted); tests read it to check that each distinct layer shape is timed once.
+MEASUREMENTS = [0]
+
 
 @dataclass(frozen=True, eq=False)
 class Const:
@@ -253,6 +257,7 @@ def compare(dense: Chain, factored: Chain, input_shape: Sequence[int], *, dtype:
     models = [chain_model(c, input_shape, dtype=dtype, opset=opset, weights=WeightMode.RANDOM) for c in (dense, factored)]
     x = np.random.default_rng(0).standard_normal(tuple(input_shape)).astype(dtype)
     (dense_ms, factored_ms), runs = measure(models, {INPUT: x}, threads=threads, budget_s=budget_s)
+    MEASUREMENTS[0] += 1
     timing = Timing(dense_ms, factored_ms, runs)
     if cache is not None:
         cache.store(env, key, {"dense_ms": dense_ms, "factored_ms": factored_ms, "runs": runs,

@@ -24,6 +24,8 @@ import contextlib
 import dataclasses
 import enum
 import fnmatch
+import logging
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Sequence
 
@@ -40,6 +42,8 @@ from onnxprune.errors import UsageError
 from onnxprune.latency import INPUT, Chain, Const, LatencyCache, Step, WeightMode, chain_model, compare
 from onnxprune.manager import Pass, PassResult, check_range
 from onnxprune.model import Model
+
+log = logging.getLogger(__name__)
 
 # Stand-in for a symbolic dim other than the batch when costing and timing a layer.
 NOMINAL_DIM = 32
@@ -240,7 +244,8 @@ def concrete_shape(tensor: gs.Tensor, fallback: Sequence[int | None], fixed: dic
     rank = len(shape)
     out = [d if isinstance(d, int) and d > 0 else (1 if i == 0 else NOMINAL_DIM) for i, d in enumerate(shape)]
     for axis, size in fixed.items():
-        if -rank <= axis < rank and not (isinstance(shape[axis], int) and shape[axis] > 0):
+        dim = shape[axis] if -rank <= axis < rank else None
+        if -rank <= axis < rank and not (isinstance(dim, int) and dim > 0):
             out[axis] = size
     return out
 
@@ -263,7 +268,7 @@ def conv_layer(ledger: Ledger, node: gs.Node, include_1x1: bool) -> ConvLayer:
     if geom.kernel == (1, 1) and not include_1x1:
         raise Skip("1x1 conv: set include-1x1 to decompose it")
     b = _constant(node, 2, "bias")
-    x_shape = concrete_shape(node.inputs[0], [None, cin, None, None], {1: cin})
+    x_shape = ledger.input_shape(node.inputs[0], [None, cin, None, None], {1: cin})
     dense = [Step(node.name, "Conv", _dense_inputs(w, b), OUTPUT, dict(node.attrs))]
     layer = ConvLayer(node, w, b, x_shape, dense, geom)
     ledger.select(layer)
@@ -293,7 +298,7 @@ def matrix_layer(ledger: Ledger, node: gs.Node) -> Layer:
         c = _constant(node, 2, "bias (C)")
         bias = None if c is None else (c.astype(np.float64) * beta).astype(b.dtype)
         weight = w.astype(b.dtype)
-        x_shape = concrete_shape(node.inputs[0], [None, weight.shape[0]], {-1: weight.shape[0]})
+        x_shape = ledger.input_shape(node.inputs[0], [None, weight.shape[0]], {-1: weight.shape[0]})
         dense_inputs = (INPUT, Const("B", b)) + ((Const("C", c),) if c is not None else ())
     else:
         weight = _constant(node, 1, "weight (second operand)")
@@ -302,7 +307,7 @@ def matrix_layer(ledger: Ledger, node: gs.Node) -> Layer:
         if weight.ndim != 2:
             raise Skip(f"weight is {weight.ndim}-D: only 2-D weights are decomposed")
         bias = None
-        x_shape = concrete_shape(node.inputs[0], [NOMINAL_DIM, weight.shape[0]], {-1: weight.shape[0]})
+        x_shape = ledger.input_shape(node.inputs[0], [NOMINAL_DIM, weight.shape[0]], {-1: weight.shape[0]})
         dense_inputs = (INPUT, Const("B", weight))
     if len(x_shape) < 1 or x_shape[-1] != weight.shape[0]:
         raise Skip(f"input shape {x_shape} does not match the weight {list(weight.shape)}")
@@ -332,9 +337,12 @@ class LayerRecord:
     flops_after: int | None = None
     relative_error: float | None = None
     latency: dict[str, Any] | None = None
+    #: pass-specific figures (whitened low rank: output energy kept, output error on calibration data).
+    extra: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "extra"}
+        out.update(self.extra or {})
         if self.params_before and self.params_after is not None:
             out["params_reduction"] = round(1.0 - self.params_after / self.params_before, 4)
         if self.flops_before and self.flops_after is not None:
@@ -370,6 +378,39 @@ class Ledger:
         self.threads = options.latency_threads if options.latency_threads != 1 else self.ctx.target.threads
         self.records: list[LayerRecord] = []
         self._current: LayerRecord | None = None
+        self._runtime_shapes: dict[str, tuple[int, ...]] | None = None
+
+    def input_shape(self, tensor: gs.Tensor, fallback: Sequence[int | None], fixed: dict[int, int]) -> list[int]:
+        """The concrete shape a layer's input has when the model runs (see :func:`concrete_shape`).
+
+        A shape that shape inference could not tell (after Shape -> Reshape, say), or any
+        symbolic shape when the context names the input shapes, is read off one
+        onnxruntime run at the context's input shapes (batch 1, other symbolic dims
+        :data:`NOMINAL_DIM`), so that a classifier head is costed and timed at batch 1 and
+        not at a made-up M. When that run fails, the nominal rule stands.
+        """
+        shape = tensor.shape
+        known = shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+        if not known and (shape is None or self.ctx.input_shapes):
+            got = self.runtime_shapes().get(tensor.name)
+            if got is not None and all(d > 0 for d in got):
+                return [int(d) for d in got]
+        return concrete_shape(tensor, fallback, fixed)
+
+    def runtime_shapes(self) -> dict[str, tuple[int, ...]]:
+        if self._runtime_shapes is None:
+            from onnxprune.shapes import dummy_feeds, runtime_shapes
+
+            self._runtime_shapes = {}
+            try:
+                proto = self.model.to_onnx()
+                params = {d for i in proto.graph.input for d in
+                          (x.dim_param for x in i.type.tensor_type.shape.dim[1:]) if d}
+                feeds = dummy_feeds(proto, dict(self.ctx.input_shapes)) if self.ctx.input_shapes else None
+                self._runtime_shapes = runtime_shapes(proto, feeds, dims={p: NOMINAL_DIM for p in params})
+            except Exception as exc:  # a model onnxruntime cannot run here keeps the nominal shapes
+                log.info("runtime shapes unavailable (%s); nominal shapes are used", exc)
+        return self._runtime_shapes
 
     def candidates(self, ops: Sequence[str]) -> list[gs.Node]:
         return [n for n in list(self.graph.nodes) if n.op in ops and not n.domain]
@@ -461,6 +502,75 @@ class Ledger:
             "layers": [r.to_dict() for r in self.records],
         }
         return PassResult(modified=bool(done), stats=stats)
+
+
+# --------------------------------------------------------------------------- calibration data
+
+
+def round_rank(rank: int, full: int, multiple: int) -> int:
+    """``rank`` rounded up to a multiple of ``multiple`` (the target's vector width), capped at
+    ``full``: onnxruntime's kernels run such widths on their fast path, and layers of one shape
+    whose ranks land in the same bucket share one latency measurement."""
+    if multiple <= 1:
+        return rank
+    return min(full, math.ceil(rank / multiple) * multiple)
+
+
+def require_real_data(ctx: PassContext, pass_name: str, what: str) -> None:
+    """Refuse (one-line UsageError) unless the context holds real calibration data, not noise."""
+    ctx.require_data(pass_name, what)
+    if not ctx.has_data:
+        raise UsageError(f"pass {pass_name}: {what} needs real calibration data, not random noise: "
+                         "give --calib DATA or --data DATA")
+
+
+def _token_mask(batch: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The batch's attention mask ([batch, seq], nonzero = a real token), if it has one."""
+    for name, value in batch.items():
+        v = np.asarray(value)
+        if "mask" in name.lower() and v.ndim == 2 and (v.dtype.kind in "iub"):
+            return v != 0
+    return None
+
+
+def input_moments(model: Model, tensors: Sequence[str], ctx: PassContext,
+                  max_rows: int = 4096) -> tuple[dict[str, tuple[np.ndarray, int]], dict[str, Any]]:
+    """``E[x xᵀ]`` over the calibration data of each named MatMul/Gemm input (features on the
+    last axis), streamed batch by batch (:mod:`onnxprune.activations`); and what it cost.
+
+    Rows of padded tokens (where a 2-D ``*mask*`` input of the batch is 0 and the tensor is
+    ``[batch, seq, K]``) are left out: they never reach a pooled output, and in a padded
+    batch they would outnumber the real ones. At most ``max_rows`` rows per batch are used,
+    drawn with the context's seed.
+    """
+    import time
+
+    from onnxprune.activations import PEAK, Gram, StatsReport, Tap, feature_rows, stream
+
+    assert ctx.calib is not None
+    t0 = time.perf_counter()
+    PEAK[0] = 0
+    rng = np.random.default_rng(ctx.seed)
+    tap = Tap(model.to_onnx(), list(tensors), ctx.target.threads)
+    grams = {t: Gram() for t in tap.tensors}
+    for batch, (got,) in zip(ctx.calib.batches, stream([tap], ctx.calib)):
+        mask = _token_mask(batch)
+        for name, value in got.items():
+            x = np.asarray(value)
+            if mask is not None and x.ndim == 3 and x.shape[:2] == mask.shape:
+                rows = x[mask]
+            else:
+                rows = feature_rows(x)
+            if len(rows) > max_rows:
+                rows = rows[np.sort(rng.choice(len(rows), max_rows, replace=False))]
+            grams[name].update(rows)
+    out = {}
+    for name, g in grams.items():
+        if g.rows and g.xtx is not None:
+            out[name] = (g.xtx / g.rows, g.rows)
+    report = StatsReport(ctx.calib.n_samples, len(ctx.calib.batches), time.perf_counter() - t0, PEAK[0],
+                         sum(g.nbytes for g in grams.values()), {"tensors": len(grams)})
+    return out, report.to_dict()
 
 
 def run_single(pass_cls: type[Pass], model: onnx.ModelProto, options: dict[str, Any]) -> onnx.ModelProto:

@@ -3,6 +3,7 @@
 - :mod:`.ranks`: rank rules (fraction, energy, empirical VBMF).
 - :mod:`.conv`: conv kernel factorisations (Tucker-2, CP, spatial SVD).
 - :mod:`.matrix`: MatMul weight factorisations (low rank, diagonal, diagonal + low rank).
+- :mod:`.whiten`: low rank in the input-whitened space (SVD-LLM), the rank cut by output error.
 """
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ from onnxprune.decomp.matrix import (
     relative_error,
 )
 from onnxprune.decomp.ranks import VBMFResult, rank_by_energy, rank_by_fraction, vbmf_rank
+from onnxprune.decomp.whiten import (
+    WhitenedSVD,
+    cholesky_ridge,
+    output_energy,
+    output_error,
+    whitened_factors,
+    whitened_lowrank,
+    whitened_svd,
+)
 
 __all__ = [
     "CPFactors",
@@ -44,7 +54,9 @@ __all__ = [
     "Tucker2",
     "TuckerMethod",
     "VBMFResult",
+    "WhitenedSVD",
     "apply_diagonal",
+    "cholesky_ridge",
     "cp",
     "cp_relative_error",
     "diagonal",
@@ -52,6 +64,8 @@ __all__ = [
     "diagonal_plus_lowrank",
     "diagonal_plus_lowrank_steps",
     "lowrank_svd",
+    "output_energy",
+    "output_error",
     "rank_by_energy",
     "rank_by_fraction",
     "reconstruct_cp",
@@ -63,4 +77,7 @@ __all__ = [
     "tucker2",
     "tucker2_ranks",
     "vbmf_rank",
+    "whitened_factors",
+    "whitened_lowrank",
+    "whitened_svd",
 ]

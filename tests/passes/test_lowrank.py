@@ -82,7 +82,7 @@ def test_gemm_full_rank_is_lossless(factor, k, n, trans_b, alpha, beta, bias, se
 def test_exact_at_true_rank_and_cheaper(factor, rule):
     """W = P Q of rank 3 on 16 -> 12 (full rank 12): every rule picks 3, and it is exact."""
     model = _matmul_model([16, 12], 0, weights=lambda k, n, rng: (rng.standard_normal((k, 3)) @ rng.standard_normal((3, n))).astype(np.float32))
-    out, rec = factor.run_pass(model, f"lowrank:{rule},check-latency=false")
+    out, rec = factor.run_pass(model, f"lowrank:{rule},check-latency=false,round-to=1")
     line = factor.layer(rec, "mm0")
     assert line["ranks"] == {"r": 3}
     assert (line["params_before"], line["params_after"]) == (16 * 12, 3 * (16 + 12))
@@ -94,9 +94,11 @@ def test_fraction_and_energy_ranks(factor):
     """fraction=0.5 on a 16x8 weight keeps ceil(0.5 * 8) = 4; energy follows rank_by_energy."""
     w = np.random.default_rng(1).standard_normal((16, 8)).astype(np.float32)
     model = _matmul_model([16, 8], 0, weights=lambda *a: w)
-    _, rec = factor.run_pass(model, "lowrank:fraction=0.5,check-latency=false")
+    _, rec = factor.run_pass(model, "lowrank:fraction=0.5,check-latency=false,round-to=1")
     assert factor.layer(rec, "mm0")["ranks"] == {"r": 4}
-    _, rec = factor.run_pass(model, "lowrank:energy=0.6,only-cheaper=false,check-latency=false")
+    _, rec = factor.run_pass(model, "lowrank:fraction=0.3,check-latency=false,round-to=4")
+    assert factor.layer(rec, "mm0")["ranks"] == {"r": 4}  # ceil(0.3 * 8) = 3, rounded up to 4
+    _, rec = factor.run_pass(model, "lowrank:energy=0.6,only-cheaper=false,check-latency=false,round-to=1")
     s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
     assert factor.layer(rec, "mm0")["ranks"] == {"r": rank_by_energy(s, 0.6)}
 
@@ -145,7 +147,7 @@ def test_bad_options(spec, message):
 def test_plain_function_twin(factor):
     model = _gemm_model(12, 10, 1, 0.5, 2.0, "vector", seed=3,
                         weight=(np.random.default_rng(3).standard_normal((12, 2)) @ np.ones((2, 10))).astype(np.float32))
-    out = lowrank(model, energy=1.0, check_latency=False)
+    out = lowrank(model, energy=1.0, check_latency=False, round_to=1)
     assert factor.ops(out) == ["Gemm", "Gemm"]
     assert factor.max_rel_diff(out, model) < 1e-4
 
