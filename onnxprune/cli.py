@@ -2,25 +2,39 @@
 
 Only this module prints. Expected failures print one line on stderr and exit with the
 code of their :mod:`onnxprune.errors` class; ``-v`` adds logging and tracebacks.
+
+Order of a run: everything that can be checked before the work is (arguments, pass
+options, that the output and report folders are writable, that onnxruntime can run the
+model, that the data holds no NaN); then the passes, validation and the quality gate;
+then the reports are rendered (a renderer failing fails here, with nothing written);
+then the model is saved and the reports written beside it with the model's permissions.
+On a terminal one progress line shows the stage and the elapsed time; when stderr is
+not a terminal nothing but the one error line ever goes there. Library warnings are
+collected into the report and the summary instead of stderr.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
+import shutil
 import sys
+import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from onnxprune import __version__
-from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.errors import OnnxPruneError, PassCrash, UnsupportedError, UsageError
 
 PROG = "onnxprune"
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
         raise UsageError(message)
 
 
@@ -28,14 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Compress a trained ONNX model: run passes, verify, validate, report, save.",
                 epilog="Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad model file, 4 bad data, "
                        "5 verification failed, 6 unsupported model, 7 quality gate failed. "
-                       "Subcommand: 'onnxprune explain MODEL'.")
+                       "Subcommands: 'onnxprune explain MODEL', 'onnxprune help PASS'.")
     p.add_argument("model", nargs="?", help="input .onnx file (never modified)")
     p.add_argument("--passes", nargs="+", default=[], metavar="PASS",
                    help="passes in order, each 'name' or 'name:key=value,key=value' (lists: a|b)")
     p.add_argument("-o", "--output", help="where to write the compressed model (atomically)")
     p.add_argument("--report", action="append", default=[], metavar="PATH",
                    help="write the report: .json, .md or .html (repeatable)")
-    p.add_argument("--list-passes", action="store_true", help="list the passes and exit")
+    p.add_argument("--list-passes", action="store_true", help="list the passes and exit (with -v: every option)")
     g = p.add_argument_group("data (calibration for the passes, evaluation for validation; never the same sample)")
     g.add_argument("--data", help=".npz/.npy arrays, an image folder (class sub-folders = labels), or MNIST IDX file; "
                                   "without --calib it is split (seeded) into calibration and evaluation parts; "
@@ -87,8 +101,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--limit must be at least 1")
     if args.calib_limit is not None and args.calib_limit < 1:
         raise UsageError("--calib-limit must be at least 1")
-    import math
-
     if args.max_drop is not None and not (math.isfinite(args.max_drop) and args.max_drop >= 0):
         raise UsageError("--max-drop must be a number of points, 0 or more")
     if args.min_fidelity is not None and not (math.isfinite(args.min_fidelity) and 0 <= args.min_fidelity <= 1):
@@ -106,60 +118,204 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--output {out}: folder does not exist")
         if out.suffix.lower() != ".onnx":
             raise UsageError(f"--output {out}: expected a .onnx file name")
+        check_writable(out, "--output")
     from onnxprune.report import check_report_path
 
     for r in args.report:
-        check_report_path(r)
+        check_writable(check_report_path(r), "--report")
 
 
-def list_passes() -> str:
+def check_writable(path: Path, flag: str) -> None:
+    """Fail before any work when ``path``'s folder cannot take a new file (read-only, full).
+
+    Probing with a real file is the only test that also holds for root and for
+    read-only mounts, where permission bits say nothing.
+    """
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder, not a file name")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".onnxprune-probe-", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot write in {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def list_passes(verbose: bool = False) -> str:
+    """One line per pass; with ``verbose`` every option (type, default, help) under it."""
     from onnxprune.passes import REGISTRY
 
     width = max(len(n) for n in REGISTRY.names())
-    return "\n".join(f"{name.ljust(width)}  {cls.summary()}" for name, cls in REGISTRY.items()) + "\n"
+    if not verbose:
+        return "\n".join(f"{name.ljust(width)}  {cls.summary()}" for name, cls in REGISTRY.items()) + "\n"
+    return "\n".join(pass_help(name, header=True) for name in REGISTRY.names())
 
 
-def _progress_bar(total: int, desc: str):
-    from tqdm import tqdm
+def _default(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (tuple, list)):
+        return "|".join(map(str, v)) or "(empty)"
+    return str(v)
 
-    return tqdm(total=total, desc=desc, unit="pass", file=sys.stderr, disable=None, leave=False)
+
+def pass_help(name: str, *, header: bool = True) -> str:
+    """``onnxprune help PASS``: the summary, the CLI form and every option."""
+    from onnxprune.manager import option_docs
+    from onnxprune.passes import REGISTRY
+
+    cls = REGISTRY.get(name)
+    docs = option_docs(cls)
+    lines = [f"{name}: {cls.summary()}"] if header else []
+    needs = " (needs calibration data: --calib or --data)" if getattr(cls, "needs_data", False) else ""
+    if not docs:
+        lines.append(f"  no options{needs}")
+        return "\n".join(lines) + "\n"
+    lines.append(f"  usage: {name}:key=value,key=value (lists: a|b){needs}")
+    kw = max(len(d.key) for d in docs)
+    tw = max(len(d.type) for d in docs)
+    dw = max(len(_default(d.default)) for d in docs)
+    for d in docs:
+        lines.append(f"  {d.key.ljust(kw)}  {d.type.ljust(tw)}  default {_default(d.default).ljust(dw)}  "
+                     f"{d.help or '(undocumented)'}".rstrip())
+    return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
+class Progress:
+    """One self-rewriting line on stderr while a run works: stage k/n, its detail, elapsed.
+
+    Only on a terminal (never lines of it in a log). A background thread redraws it
+    twice a second, so the clock moves during a long pass. Terminals that report no
+    width get 80 columns (tqdm disables itself there, which is why no bar ever showed).
+    """
+
+    def __init__(self, steps: int, stream: Any = None, enabled: bool | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = _isatty(self.stream) if enabled is None else enabled
+        self.steps = steps
+        self.step = 0
+        self.label = ""
+        self.detail = ""
+        self.t0 = time.perf_counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.enabled:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+
+    def stage(self, label: str) -> None:
+        with self._lock:
+            self.step += 1
+            self.label, self.detail = label, ""
+        self._draw()
+
+    def update(self, detail: str) -> None:
+        with self._lock:
+            self.detail = detail
+        self._draw()
+
+    def batches(self, done: int, total: int) -> None:
+        self.update(f"{done}/{total} batches")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self._draw()
+
+    def line(self) -> str:
+        with self._lock:
+            elapsed = time.perf_counter() - self.t0
+            text = f"{PROG} [{min(self.step, self.steps)}/{self.steps}] {self.label}"
+            if self.detail:
+                text += f" {self.detail}"
+            done = min(self.step - 1, self.steps) / max(self.steps, 1)
+        bar = "#" * int(done * 20)
+        return f"{text}  |{bar.ljust(20)}| {elapsed:.1f}s"
+
+    def _draw(self) -> None:
+        if not self.enabled:
+            return
+        cols = shutil.get_terminal_size((80, 24)).columns or 80
+        try:
+            self.stream.write("\r\x1b[2K" + self.line()[: cols - 1])
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.enabled = False
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+        if self.enabled:
+            try:
+                self.stream.write("\r\x1b[2K")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+        self.enabled = False
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Collect(logging.Handler):
+    """Library warnings go to the report and the summary, not stderr (one line on error)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{record.name}: {' '.join(record.getMessage().split())}"
+        except Exception:  # a bad format string must not break the run
+            text = f"{record.name}: {record.msg}"
+        if text not in self.messages:
+            self.messages.append(text)
+
+
+def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
     from onnxprune.api import make_passes, prepare_data, run_passes
     from onnxprune.cost import model_cost
     from onnxprune.model import load_model, save_model
-    from onnxprune.report import render_text, write_report
+    from onnxprune.report import render, render_text, write_text
+    from onnxprune.validate import check_finite, preflight
 
     _check_args(args)
     passes = make_passes(args.passes)  # unknown passes/keys fail before any work
+    prog = progress or Progress(len(passes) + 3, enabled=False)
+    prog.steps = len(passes) + 3 + (0 if args.no_validate else 1)
     t0 = time.perf_counter()
+    prog.stage("loading the model")
     original = load_model(args.model)
+    preflight(original, args.model)  # what onnxruntime cannot run is refused now, not after the work
+    prog.stage("loading data")
     plan = prepare_data(original, data=args.data, calib=args.calib, labels=args.labels, recipe=args.recipe,
                         calib_limit=args.calib_limit, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
                         samples=args.samples, input_shapes=args.input_shape, target=args.target, threads=args.threads,
-                        cache_dir=args.cache_dir, workers=args.workers, progress=True,
+                        cache_dir=args.cache_dir, workers=args.workers, progress=prog.enabled,
                         need_eval=not args.no_validate)
     ctx = plan.ctx
+    check_finite(ctx.calib, "calibration data")
+    check_finite(plan.evaluation, "evaluation data")
     shapes = dict(ctx.input_shapes)
 
     def cost(m: Any) -> dict[str, Any]:
         return model_cost(m, batch=1, inputs=shapes).to_dict()
 
-    bar = _progress_bar(len(passes), "passes")
-    started: list[str] = []
-
-    def tick(name: str) -> None:  # called as each pass starts: the one before it is done
-        if started:
-            bar.update(1)
-        started.append(name)
-        bar.set_postfix_str(name)
-
     before = cost(original)
-    result, records = run_passes(original, passes, verify_each=not args.no_verify_each, cost=cost, progress=tick,
-                                 ctx=ctx)
-    bar.update(bar.total - bar.n)
-    bar.close()
+    try:
+        result, records = run_passes(original, passes, verify_each=not args.no_verify_each, cost=cost,
+                                     progress=prog.stage, ctx=ctx)
+    except PassCrash as exc:
+        raise _explain_crash(exc, original) from exc
     after = records[-1].cost_after if records and records[-1].cost_after else cost(result)
     report: dict[str, Any] = {
         "tool": {"name": PROG, "version": __version__},
@@ -168,43 +324,104 @@ def run(args: argparse.Namespace) -> int:
         "warnings": list(plan.warnings),
         "before": before,
         "after": after,
+        "shapes": _shapes_used(original, shapes, args, ctx.calib_kind),
         "context": ctx.to_dict(),
         "data": plan.report,
         "passes": [r.to_dict() for r in records],
-        "conventions": {"flops": "FLOPs = 2 x MACs for Conv/ConvTranspose/Gemm/MatMul, plus 1 per element for bias "
-                                 "adds and elementwise ops; batch 1, inputs at "
-                                 + (", ".join(f"{k} {list(v)}" for k, v in shapes.items()) or
-                                    "their declared shapes, symbolic dims as 1")},
     }
+    report["conventions"] = {"flops": "FLOPs = 2 x MACs for Conv/ConvTranspose/Gemm/MatMul, plus 1 per element for bias "
+                                      "adds and elementwise ops; batch 1, inputs at " + report["shapes"]["text"]}
     if plan.evaluation is not None:
         from onnxprune.validate import validate
 
+        prog.stage("validating")
         report["validation"] = validate(original, result, plan.evaluation, threads=args.threads,
-                                        latency_runs=args.latency_runs, warmup=args.warmup, progress=True)
+                                        latency_runs=args.latency_runs, warmup=args.warmup,
+                                        progress=prog.batches if prog.enabled else False)
         report["warnings"] += _quality_warnings(report["validation"])
         _gate(report["validation"], args)
     else:
         report["validation"] = {"skipped": "--no-validate"}
-    if args.output:
-        save_model(result, args.output, external_data=True if args.external_data else None)
-        report["after"]["size_bytes"] = _file_size(Path(args.output))
+    prog.stage("writing")
+    if args.output:  # the size the file will have, so that a renderer failure is found before anything is written
+        report["after"]["size_bytes"] = int(result.ByteSize())
     report["seconds"] = round(time.perf_counter() - t0, 3)
-    for r in args.report:
-        write_report(report, r)
+    collected = _collector()
+    if collected is not None and collected.messages:
+        report["diagnostics"] = list(collected.messages)
+    texts = {r: render(report, r) for r in args.report}
+    summary = render_text(report)
+    mode = None
+    if args.output:
+        out = Path(args.output)
+        save_model(result, out, external_data=True if args.external_data else None)
+        report["after"]["size_bytes"] = _file_size(out)
+        texts = {r: render(report, r) for r in args.report}
+        summary = render_text(report)
+        mode = out.stat().st_mode & 0o777
+    for r, text in texts.items():
+        write_text(text, r, mode=mode)
+    prog.close()
     if not args.quiet:
         for w in report["warnings"]:
             print(f"warning: {w}")
-        print(render_text(report), end="")
+        for d in report.get("diagnostics", []):
+            print(f"note: {d}")
+        print(summary, end="")
         if args.output:
             print(f"wrote {args.output}")
     return 0
 
 
+def _shapes_used(model: Any, shapes: dict[str, tuple[int, ...]], args: argparse.Namespace,
+                 kind: str | None) -> dict[str, Any]:
+    """Which input shapes cost, random data and the guard used, and where they came from."""
+    from onnxprune.data import dynamic_dims
+
+    dynamic = dynamic_dims(model)
+    if args.input_shape:
+        source = "--input-shape"
+    elif shapes and kind == "data":
+        source = "the data"
+    elif dynamic:
+        source = "none given: dynamic dims counted as 1, not the sizes the model runs at"
+    else:
+        source = "the model's declared shapes"
+    listed = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items())
+    text = (f"{listed} (from {source})" if listed else f"the declared shapes ({source})")
+    return {"inputs": {k: list(v) for k, v in shapes.items()}, "source": source, "dynamic_dims": dynamic,
+            "text": text}
+
+
+def _explain_crash(exc: PassCrash, model: Any) -> OnnxPruneError:
+    """A pass crashing on control flow it does not rewrite is an unsupported model (6); else a bug (1)."""
+    from onnxprune.validate import control_flow_nodes
+
+    flow = control_flow_nodes(model)
+    if flow:
+        node = flow[0]
+        return UnsupportedError(f"pass {exc.pass_name!r} cannot handle this model's control flow "
+                                f"({node.op_type} node {node.name!r}{f' and {len(flow) - 1} more' if len(flow) > 1 else ''}): "
+                                f"{type(exc.__cause__).__name__}: {exc.__cause__}")
+    return exc
+
+
+def _collector() -> _Collect | None:
+    for h in logging.getLogger().handlers:
+        if isinstance(h, _Collect):
+            return h
+    return None
+
+
 def _fidelity(validation: dict[str, Any]) -> tuple[str, float] | None:
     """The fidelity figure the gate and the collapse warning read: top-1 agreement for
-    classifiers, else the lowest per-output cosine."""
+    classifiers, else the lowest per-position argmax agreement of sequence outputs,
+    else the lowest per-output cosine."""
     if validation.get("top1_agreement") is not None:
         return "top-1 agreement", float(validation["top1_agreement"])
+    seq = [o["argmax_agreement"] for o in validation.get("outputs", {}).values() if "argmax_agreement" in o]
+    if seq:
+        return "per-position argmax agreement", float(min(seq))
     cos = [o.get("cosine") for o in validation.get("outputs", {}).values()]
     if any(c is None for c in cos):
         return "cosine", float("nan")
@@ -220,7 +437,7 @@ def _quality_warnings(validation: dict[str, Any]) -> list[str]:
     fid = _fidelity(validation)
     if fid is not None:
         name, value = fid
-        limit = 0.5 if name == "top-1 agreement" else 0.9
+        limit = 0.9 if name == "cosine" else 0.5
         if not value >= limit:
             out.append(f"outputs collapsed: {name} {value:.4f} (below {limit}) on the evaluation data")
     return out
@@ -260,31 +477,79 @@ def explain(argv: Sequence[str]) -> int:
     return explain_main(list(argv))
 
 
+def help_command(argv: Sequence[str]) -> int:
+    """``onnxprune help [PASS ...]``: every option of the named passes (all passes without names)."""
+    from onnxprune.passes import REGISTRY
+
+    names = list(argv) or REGISTRY.names()
+    print("\n".join(pass_help(n) for n in names), end="")
+    return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "(no message)"
+
+
+def _setup_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, _Collect) or getattr(h, "_onnxprune", False):
+            root.removeHandler(h)
+    handler: logging.Handler
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler._onnxprune = True  # type: ignore[attr-defined]
+        root.setLevel(logging.INFO)
+    else:
+        handler = _Collect()
+        root.setLevel(logging.WARNING)
+    root.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in argv or "--verbose" in argv
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    _setup_logging(verbose)
+    progress: Progress | None = None
     try:
         if argv and argv[0] == "explain":
             return explain(argv[1:])
+        if argv and argv[0] == "sensitivity":
+            from onnxprune.sensitivity import main as sensitivity_main
+            return sensitivity_main(argv[1:])
+        if argv and argv[0] == "help":
+            return help_command([a for a in argv[1:] if a not in ("-v", "--verbose")])
         args = build_parser().parse_args(argv)
         if args.list_passes:
-            print(list_passes(), end="")
+            print(list_passes(args.verbose), end="")
             return 0
-        return run(args)
+        progress = Progress(3)
+        return run(args, progress)
     except OnnxPruneError as exc:
+        _close(progress)
         if verbose:
             traceback.print_exc()
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        _close(progress)
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: one line unless -v
+        _close(progress)
         if verbose:
             traceback.print_exc()
-        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (rerun with -v for the traceback)", file=sys.stderr)
+        print(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(str(exc))} (rerun with -v for the traceback)",
+              file=sys.stderr)
         return 1
+    finally:
+        _close(progress)
+
+
+def _close(progress: Progress | None) -> None:
+    if progress is not None:
+        progress.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import math
 import time
 import typing
 from abc import ABC, abstractmethod
@@ -18,7 +19,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import onnx
 
 from onnxprune.context import PassContext
-from onnxprune.errors import OnnxPruneError, UsageError, VerificationError
+from onnxprune.errors import OnnxPruneError, PassCrash, UsageError, VerificationError
 from onnxprune.model import Model
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ class Registry:
         try:
             return self._passes[name]
         except KeyError:
-            raise UsageError(f"unknown pass {name!r}; valid passes: {', '.join(self._passes)}") from None
+            raise UsageError(f"unknown pass {name!r}; valid passes: {', '.join(self._passes)}"
+                             f"{did_you_mean(name, self._passes)}") from None
 
     def items(self) -> list[tuple[str, type[Pass]]]:
         return list(self._passes.items())
@@ -95,10 +97,13 @@ class Registry:
 
 def parse_pass_spec(spec: str) -> tuple[str, dict[str, str]]:
     """``'prune-channels:ratio=0.3,criterion=l1'`` → ``('prune-channels', {'ratio': '0.3', ...})``."""
-    name, _, rest = spec.partition(":")
+    name, colon, rest = spec.partition(":")
     name = name.strip()
     if not name:
         raise UsageError(f"empty pass name in {spec!r}")
+    if not colon and ("=" in name or "," in name):
+        head = name.split(",", 1)[0].split("=", 1)[0]
+        raise UsageError(f"pass spec {spec!r}: options follow a ':' (e.g. '{head}:{name[len(head) + 1:]}')")
     raw: dict[str, str] = {}
     if rest.strip():
         for item in rest.split(","):
@@ -121,7 +126,8 @@ def build_options(cls: type[Pass], raw: dict[str, str]) -> Any:
         cli_key = key.replace("-", "_")
         if cli_key not in fields:
             valid = ", ".join(k.replace("_", "-") for k in fields) or "(none)"
-            raise UsageError(f"pass {cls.name}: unknown option {key!r}; valid options: {valid}")
+            hint = did_you_mean(key.replace("_", "-"), [k.replace("_", "-") for k in fields])
+            raise UsageError(f"pass {cls.name}: unknown option {key!r}; valid options: {valid}{hint}")
         kwargs[cli_key] = _coerce(cls.name, key, text, hints[cli_key])
     try:
         return cls.Options(**kwargs)
@@ -169,7 +175,10 @@ def _coerce(pass_name: str, key: str, text: str, hint: Any) -> Any:
         if hint is int:
             return int(text)
         if hint is float:
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):  # nan slips through every range check
+                raise UsageError(f"pass {pass_name}: {key} must be a finite number, got {text!r}")
+            return number
         if hint is str:
             return text
     except ValueError:
@@ -180,7 +189,7 @@ def _coerce(pass_name: str, key: str, text: str, hint: Any) -> Any:
 
 def check_range(pass_name: str, key: str, value: float, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
     """Raise UsageError unless lo <= value <= hi (open ends as asked)."""
-    bad = value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi)
+    bad = value != value or value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi)
     if bad:
         left = "(" if lo_open else "["
         right = ")" if hi_open else "]"
@@ -245,9 +254,9 @@ class PassManager:
                 p.ensures(model)
             except OnnxPruneError:
                 raise
-            except Exception as exc:  # a bug inside a pass: name it
-                raise VerificationError(
-                    f"pass {p.name!r} failed{_after(done)}: {type(exc).__name__}: {exc}"
+            except Exception as exc:  # a bug inside a pass (exit 1), not a broken graph: name it
+                raise PassCrash(
+                    f"pass {p.name!r} failed{_after(done)}: {type(exc).__name__}: {exc}", p.name
                 ) from exc
             if not result.modified:
                 # Nothing changed: no export, verification or costing to redo.
@@ -279,3 +288,70 @@ class PassManager:
 
 def _after(done: list[str]) -> str:
     return f" (after {', '.join(done)})" if done else ""
+
+
+def did_you_mean(word: str, choices: Sequence[str] | Any) -> str:
+    """``"; did you mean 'fold-bn'?"`` for the closest of ``choices``, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass(frozen=True)
+class OptionDoc:
+    """One pass option as ``--list-passes -v`` and ``onnxprune help PASS`` print it."""
+
+    key: str  # the CLI spelling (``round-to``)
+    type: str
+    default: Any
+    help: str
+
+
+def option_docs(cls: type[Pass]) -> list[OptionDoc]:
+    """Every option of a pass: CLI key, type, default and one line of help.
+
+    The help line comes from the field's ``metadata={"help": "..."}`` when present,
+    else from a ``key: text`` line in the Options class docstring (``round_to:`` or
+    ``round-to:``), else it is empty (a test lists the options still undocumented).
+    """
+    import re
+
+    lines: dict[str, str] = {}
+    for klass in cls.Options.__mro__:  # a shared base (the low-rank passes') documents its fields once
+        doc = klass.__dict__.get("__doc__") or ""
+        if doc.startswith(klass.__name__ + "("):  # dataclass's generated signature, not prose
+            continue
+        for line in doc.splitlines():
+            m = re.match(r"\s*([A-Za-z_][\w-]*)\s*:\s*(\S.*)$", line)
+            if m:
+                lines.setdefault(m.group(1).replace("-", "_"), m.group(2).strip())
+    hints = typing.get_type_hints(cls.Options)
+    out = []
+    for f in dataclasses.fields(cls.Options):
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if isinstance(default, enum.Enum):
+            default = default.value
+        text = str(f.metadata.get("help", "")) or lines.get(f.name, "")
+        out.append(OptionDoc(f.name.replace("_", "-"), _type_name(hints.get(f.name, f.type)), default, text))
+    return out
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Literal:
+        return "|".join(map(str, args))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        parts = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or none" if type(None) in args else "")
+    if origin is tuple:
+        return f"list of {_type_name(args[0]) if args else 'str'} (a|b)"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "|".join(str(m.value) for m in hint)
+    return getattr(hint, "__name__", str(hint))

@@ -8,9 +8,17 @@ measured per output over all samples (flattened):
   do not blow it up; 0 when both are all zero);
 * ``cosine`` = <ref, got> / (|ref| |got|) (1 when both are zero, 0 when one is);
 * ``top1_agreement`` (classifier-like outputs, [N,C] or [N,C,1,1] float with C > 1):
-  the fraction of samples whose argmax is the same.
+  the fraction of samples whose argmax is the same;
+* ``argmax_agreement`` (sequence outputs, [N,T,C] float with T, C > 1: a recogniser's
+  per-position character scores): the fraction of the N·T positions whose argmax over C
+  is the same. Cosine alone hides a reader that now reads nothing: the scores stay
+  close while the winning character at each position changes.
 
 Non-finite values in ``got`` make the metrics ``None`` and are counted in ``nonfinite``.
+
+Before any work, :func:`preflight` refuses (exit 6, one uncut line) a model onnxruntime
+cannot run: a custom-domain op, an IR version newer than onnxruntime's; and
+:func:`check_finite` refuses (exit 4) data holding NaN, which would make every metric NaN.
 
 Latency interleaves the sessions: each round runs every session once, rotating which
 goes first, so drift in the machine (frequency, other load) hits both alike.
@@ -18,16 +26,18 @@ goes first, so drift in the machine (frequency, other load) hits both alike.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from onnxprune.data import Dataset
-from onnxprune.errors import DataError, ModelError, OnnxPruneError, UsageError, VerificationError
+from onnxprune.errors import DataError, ModelError, OnnxPruneError, UnsupportedError, UsageError, VerificationError
 from onnxprune.runtime import make_session, measure_latency  # noqa: F401  (re-exported)
 
 Outputs = Mapping[str, Any] | Sequence[Mapping[str, np.ndarray]]
@@ -96,7 +106,14 @@ def _metrics(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
     rs, gs = _scores(ref), _scores(got)
     if rs is not None and gs is not None:
         m["top1_agreement"] = float(np.mean(rs.argmax(axis=-1) == gs.argmax(axis=-1)))
+    elif _is_sequence(ref):
+        m["argmax_agreement"] = float(np.mean(ref.argmax(axis=-1) == got.argmax(axis=-1)))
     return m
+
+
+def _is_sequence(a: np.ndarray) -> bool:
+    """[N, T, C] float scores, T > 1 positions of C > 1 classes (a text recogniser's output)."""
+    return bool(np.issubdtype(a.dtype, np.floating) and a.ndim == 3 and a.shape[1] > 1 and a.shape[2] > 1)
 
 
 def compare_outputs(ref: Outputs, got: Outputs) -> dict[str, dict[str, Any]]:
@@ -171,7 +188,7 @@ def validate(
     latency_runs: int = 50,
     warmup: int = 5,
     classifier_output: str | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
 ) -> dict[str, Any]:
     """Run both models on ``dataset``; a JSON-serialisable report (see the module doc).
 
@@ -201,7 +218,13 @@ def validate(
 
     ref: list[dict[str, np.ndarray]] = []
     got: list[dict[str, np.ndarray]] = []
-    for feed in tqdm(dataset.batches, desc="validating", unit="batch", file=sys.stderr, disable=not progress):
+    # disable=None: a bar only on a terminal, never lines of it in a log; a callable reports (done, total).
+    tick = progress if callable(progress) else None
+    bar = tqdm(dataset.batches, desc="validating", unit="batch", file=sys.stderr,
+               disable=None if progress is True else True, leave=False)
+    for feed in bar:
+        if tick is not None:
+            tick(len(ref), len(dataset.batches))
         try:
             ref.append(_run(s_orig, names, feed))
         except OnnxPruneError:
@@ -258,3 +281,74 @@ def _batch_len(feed: Mapping[str, np.ndarray]) -> int:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------- preflight
+
+_IR_TOO_NEW = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
+_OPSET_TOO_NEW = re.compile(r"(?:Opset|opset) (\d+)[^.]*(?:under development|not supported|newer)", re.I)
+_STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training",
+                               "ai.onnx.training", "com.microsoft.nchwc", "com.ms.internal.nhwc"})
+
+
+def preflight(model: onnx.ModelProto, source: str | Path | None = None) -> None:
+    """Refuse before any work what onnxruntime cannot run: exit 6 with one whole line.
+
+    ``source`` (the model's path) lets onnxruntime read it from the file (models over
+    2 GB cannot be serialised in memory). Runs one session on the original model.
+    """
+    name = Path(source).name if source is not None else "model"
+    custom = [n for n in model.graph.node if n.domain not in _STANDARD_DOMAINS]
+    try:
+        make_session(Path(source) if source is not None else model, 1)
+    except ModelError as exc:
+        text = str(exc.__cause__ or exc)
+        if m := _IR_TOO_NEW.search(text):
+            raise UnsupportedError(
+                f"{name}: IR version {m.group(1)} is newer than onnxruntime {ort.__version__} supports "
+                f"(at most {m.group(2)}): onnxprune cannot run or verify it; re-export with an older onnx, "
+                f"or upgrade onnxruntime") from None
+        if custom or "is not a registered function/op" in text or "No opset import for domain" in text:
+            node = custom[0] if custom else None
+            what = (f"node {node.name or node.op_type!r} is {node.domain}:{node.op_type}, a custom-domain op"
+                    if node is not None else "the model uses a custom-domain op")
+            raise UnsupportedError(
+                f"{name}: {what} that onnxruntime does not implement, so onnxprune cannot run or verify "
+                "the model (register the op's library with onnxruntime first)") from None
+        if m := _OPSET_TOO_NEW.search(text):
+            raise UnsupportedError(f"{name}: opset {m.group(1)} is not supported by onnxruntime "
+                                   f"{ort.__version__}: {_ort_reason(text)}") from None
+        raise UnsupportedError(f"{name}: onnxruntime {ort.__version__} cannot load the model: "
+                               f"{_ort_reason(text)}") from None
+
+
+def _ort_reason(text: str) -> str:
+    """onnxruntime's message without its '[ONNXRuntimeError] : 1 : FAIL : file.cc:123 Func(...)' prefix."""
+    line = " ".join(text.strip().splitlines()[0].split()) if text.strip() else "unknown error"
+    line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)
+    line = re.sub(r"^/?\S+\.(?:cc|h|cpp):\d+ (?:\S+\(.*?\) )?", "", line)
+    return line
+
+
+def control_flow_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes holding subgraphs (If, Loop, Scan ...), which most passes do not rewrite."""
+    return [n for n in model.graph.node
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)]
+
+
+def check_finite(dataset: Dataset | None, what: str) -> None:
+    """Refuse data holding NaN in a float input (exit 4): every metric on it would be NaN."""
+    if dataset is None:
+        return
+    sample = 0
+    for feed in dataset.batches:
+        n = _batch_len(feed)
+        for key, arr in feed.items():
+            a = np.asarray(arr)
+            if np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.complexfloating):
+                bad = np.isnan(a)
+                if bad.any():
+                    first = sample + (int(np.argwhere(bad)[0][0]) if a.ndim else 0)
+                    raise DataError(f"{what} ({dataset.source}): input {key!r} holds {int(bad.sum())} NaN value(s), "
+                                    f"the first in sample {first}; clean the data (metrics on NaN are NaN)")
+        sample += n
