@@ -39,10 +39,14 @@ log = logging.getLogger(__name__)
 PEAK = [0]
 
 
-def tapped(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are its own followed by ``tensors``."""
+def tapped(model: onnx.ModelProto, tensors: Sequence[str], *, prefix: bool = False) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are its own followed by ``tensors``; with
+    ``prefix``, only ``tensors`` and the nodes they need (a layer-by-layer refit then runs
+    the front of the model only)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    if prefix:
+        _keep_prefix(out, tensors)
     have = {o.name for o in out.graph.output}
     want = [t for t in dict.fromkeys(tensors) if t not in have]
     if want:
@@ -53,12 +57,34 @@ def tapped(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
     return out
 
 
+def _keep_prefix(model: onnx.ModelProto, tensors: Sequence[str]) -> None:
+    """Drop every node ``tensors`` do not depend on, and the model's own outputs."""
+    g = model.graph
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+    need, stack = set(), [t for t in tensors if t in producer]
+    while stack:
+        i = producer[stack.pop()]
+        if i in need:
+            continue
+        need.add(i)
+        stack += [t for t in g.node[i].input if t in producer]
+    used = {t for i in need for t in g.node[i].input}
+    nodes = [n for i, n in enumerate(g.node) if i in need]
+    inits = [t for t in g.initializer if t.name in used]
+    del g.node[:], g.output[:], g.initializer[:]
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+
+
 class Tap:
     """A session over ``model`` that returns the named tensors for a feed."""
 
-    def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], threads: int = 1) -> None:
+    def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], threads: int = 1, *,
+                 optimize: bool = False, prefix: bool = False) -> None:
+        # optimize=True is safe for reading tensors that are graph outputs (onnxruntime does
+        # not fuse them away) and several times faster on depthwise-heavy CNNs
         self.tensors = list(dict.fromkeys(tensors))
-        self.session = make_session(tapped(model, self.tensors), threads, optimize=False)
+        self.session = make_session(tapped(model, self.tensors, prefix=prefix), threads, optimize=optimize)
         inputs = {i.name for i in self.session.get_inputs()}
         self._inputs = inputs
 

@@ -178,3 +178,7 @@ class BNScale(_WeightCriterion):
     """|γ| of BatchNorm members (network slimming); groups without BN fall back to l1."""
 
     name, kind = "bn-scale", Criterion.BN_SCALE
+
+
+from onnxprune import criteria_data  # noqa: E402,F401
+from onnxprune import criteria_greedy  # noqa: E402,F401

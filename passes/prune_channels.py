@@ -1,25 +1,33 @@
-"""prune-channels: structured channel pruning with dependency propagation.
+"""prune-channels: structured channel pruning with dependency propagation, and recovery.
 
 Before::  X ─Conv(W[64,C,3,3])─▶ BN ─▶ Relu ─▶ Conv(V[128,64,3,3]) ─▶ ...
-After::   X ─Conv(W[48,C,3,3])─▶ BN(48) ─▶ Relu ─▶ Conv(V[128,48,3,3]) ─▶ ...
+After::   X ─Conv(W[48,C,3,3])─▶ BN(48) ─▶ Relu ─▶ Conv(V'[128,48,3,3]) ─▶ ...   (V' refit)
 
 The channel analysis (:mod:`onnxprune.channels`) groups every tensor axis that must
 lose the same channels (residual Adds, Concat/Split offsets, depthwise and grouped
 convs, SE gates, Flatten→Gemm blocks) into atoms. Per group, with n atoms:
 
     remove k = ⌊ratio·n⌋ atoms (scope=local)   or   the ratio·N lowest-scoring atoms
-    over the whole model, scores normalised by each group's mean (scope=global);
+    over the whole model, scores normalised by each group's mean (scope=global)   or
+    (scope=error, needs data) per-group k chosen greedily by the smallest increase of the
+    group's consumers' relative output error after an LS refit per FLOP saved, until
+    ratio·FLOPs (estimated) are gone;  ``group-ratios=SOURCE=R|...`` sets one group's ratio;
     kept = n − k is raised to ``min-channels`` and rounded UP to a multiple of ``round-to``.
 
-Atoms are ranked by the criterion (:mod:`onnxprune.criteria`: the mean of every member
-layer's normalised scores). Never: a blocked atom, a group pruned to zero, a tensor
+Atoms are ranked by the criterion (:mod:`onnxprune.criteria`, :mod:`onnxprune.criteria_data`);
+``reconstruct=lasso`` re-ranks within each group by LASSO on its consumers' outputs
+(He et al. 2017). After the removal, ``reconstruct=ls`` (the default with calibration data)
+refits every consumer of a pruned tensor by ridge least squares to the original model's
+outputs, front to back on the pruned model's own activations (:mod:`onnxprune.reconstruct`);
+``none`` leaves the sliced weights. Never: a blocked atom, a group pruned to zero, a tensor
 left with no channels, a model input/output channel. With ``latency-guard`` the pruned
-model is timed against the original in onnxruntime (interleaved, 1 thread); if it is not
-faster, round-to is doubled and the choice redone, and if no choice is faster the pass
-leaves the model as it was (and says so).
+model is timed against the original in onnxruntime (interleaved, on a calibration batch at
+its real size); if it is not faster, round-to is doubled and the choice redone, and if no
+choice is faster the pass leaves the model as it was (and says so).
 """
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
+from onnxprune import reconstruct as rc
 from onnxprune.channels import Analysis, analyze, apply_removal
 from onnxprune.context import PassContext
 from onnxprune.criteria import CRITERIA, get_criterion
@@ -34,17 +43,27 @@ from onnxprune.errors import UsageError
 from onnxprune.manager import Pass, PassResult, check_range
 from onnxprune.model import Model
 
+#: rows per consumer for the refit and the Grams when calib-rows is not given (spread over the batches)
+DEFAULT_ROWS = 8192
+#: points of each group's error curve (scope=error), interpolated in between
+CURVE_POINTS = 16
+
 
 @dataclass(frozen=True)
 class Options:
     ratio: float = 0.3
     criterion: str = "l1"
-    scope: Literal["local", "global"] = "local"
+    scope: Literal["local", "global", "error"] = "local"
     round_to: int | None = None
     min_channels: int = 1
     protect: tuple[str, ...] = ()
     latency_guard: bool = True
     guard_runs: int = 30
+    reconstruct: Literal["auto", "ls", "lasso", "none"] = "auto"
+    ridge: float = 1e-3
+    calib_rows: int | None = None
+    calib_samples: int | None = None
+    group_ratios: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_range("prune-channels", "ratio", self.ratio, 0.0, 1.0, hi_open=True)
@@ -54,16 +73,39 @@ class Options:
             check_range("prune-channels", "round-to", self.round_to, 1, 1024)
         check_range("prune-channels", "min-channels", self.min_channels, 1, 1 << 20)
         check_range("prune-channels", "guard-runs", self.guard_runs, 3, 10_000)
+        check_range("prune-channels", "ridge", self.ridge, 0.0, 1e6)
+        if self.calib_rows is not None:
+            check_range("prune-channels", "calib-rows", self.calib_rows, 16, 1 << 24)
+        if self.calib_samples is not None:
+            check_range("prune-channels", "calib-samples", self.calib_samples, 1, 1 << 30)
+        self.parsed_group_ratios()
+
+    def parsed_group_ratios(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for item in self.group_ratios:
+            src, eq, val = item.rpartition("=")
+            try:
+                r = float(val)
+            except ValueError:
+                r = -1.0
+            if not eq or not src or not 0.0 <= r < 1.0:
+                raise UsageError(f"pass prune-channels: group-ratios entries are SOURCE=RATIO with 0 <= RATIO < 1, "
+                                 f"got {item!r}")
+            out[src] = r
+        return out
 
 
-def choose_atoms(analysis: Analysis, scores: np.ndarray, opts: Options, round_to: int) -> list[int]:
-    """The atoms to remove, per the module docstring."""
-    left = {sp.id: sp.size for sp in analysis.ctx.spaces}
+def _prunable(analysis: Analysis, g: Any, scores: np.ndarray) -> list[int]:
+    return [a for a in analysis.prunable_atoms(g) if not np.isnan(scores[a])]
+
+
+def group_quotas(analysis: Analysis, scores: np.ndarray, opts: Options) -> dict[int, int]:
+    """Atoms to remove per group id (before rounding) for scope local/global and group-ratios."""
     quota: dict[int, int] = {}
     if opts.scope == "global":
         cands = []
         for g in analysis.groups:
-            prunable = [a for a in analysis.prunable_atoms(g) if not np.isnan(scores[a])]
+            prunable = _prunable(analysis, g, scores)
             if prunable:
                 mean = float(np.mean(scores[prunable])) or 1.0
                 cands += [(scores[a] / mean, a, g.id) for a in prunable]
@@ -71,13 +113,36 @@ def choose_atoms(analysis: Analysis, scores: np.ndarray, opts: Options, round_to
         cands.sort()
         for _, _, gid in cands[: int(math.floor(opts.ratio * total))]:
             quota[gid] = quota.get(gid, 0) + 1
+    else:
+        quota = {g.id: int(math.floor(opts.ratio * len(g.atoms))) for g in analysis.groups}
+    return quota
+
+
+def apply_group_ratios(analysis: Analysis, quota: dict[int, int], opts: Options) -> tuple[dict[int, int], list[str]]:
+    """Override quotas of the groups named in group-ratios; returns the names that matched no group."""
+    wanted = opts.parsed_group_ratios()
+    quota = dict(quota)
+    for g in analysis.groups:
+        if g.sources and g.sources[0] in wanted:
+            quota[g.id] = int(math.floor(wanted[g.sources[0]] * len(g.atoms)))
+    known = {g.sources[0] for g in analysis.groups if g.sources}
+    return quota, sorted(set(wanted) - known)
+
+
+def choose_atoms(analysis: Analysis, scores: np.ndarray, opts: Options, round_to: int,
+                 quota: dict[int, int] | None = None) -> list[int]:
+    """The atoms to remove: per group the ``quota`` lowest-scoring prunable ones (kept count
+    rounded up to ``round_to``), per the module docstring."""
+    if quota is None:
+        quota, _ = apply_group_ratios(analysis, group_quotas(analysis, scores, opts), opts)
+    left = {sp.id: sp.size for sp in analysis.ctx.spaces}
     chosen: list[int] = []
     for g in analysis.groups:
-        prunable = [a for a in analysis.prunable_atoms(g) if not np.isnan(scores[a])]
+        prunable = _prunable(analysis, g, scores)
         if not prunable:
             continue
         n = len(g.atoms)
-        k = quota.get(g.id, 0) if opts.scope == "global" else int(math.floor(opts.ratio * n))
+        k = quota.get(g.id, 0)
         keep = max(n - k, opts.min_channels, 1)
         keep = min(n, int(math.ceil(keep / round_to)) * round_to)
         k = min(n - keep, len(prunable))
@@ -94,6 +159,158 @@ def choose_atoms(analysis: Analysis, scores: np.ndarray, opts: Options, round_to
     return chosen
 
 
+def removed_indices(analysis: Analysis, atoms: list[int]) -> dict[str, np.ndarray]:
+    """Tensor name -> channel indices that ``atoms`` remove from it."""
+    per: dict[int, list[np.ndarray]] = {}
+    for a in atoms:
+        for s, ix in analysis.atoms[a].elements.items():
+            per.setdefault(s, []).append(ix)
+    return {analysis.ctx.spaces[s].tensor: np.unique(np.concatenate(ix)) for s, ix in per.items()}
+
+
+# ---------------------------------------------------------------------------- data-driven allocation
+
+
+class _Grams:
+    """The original model's consumer input Grams, computed once per run of the pass."""
+
+    def __init__(self, snapshot: onnx.ModelProto, ctx: PassContext, opts: Options) -> None:
+        self.snapshot, self.ctx, self.opts = snapshot, ctx, opts
+        self.grams: dict[str, Any] | None = None
+        self.seconds = 0.0
+
+    def get(self, model: Model, analysis: Analysis) -> dict[str, Any]:
+        if self.grams is None:
+            import time
+
+            t0 = time.perf_counter()
+            data = self.ctx.require_data("prune-channels", "scope=error / reconstruct=lasso")
+            tensors = {analysis.ctx.spaces[s].tensor for g in analysis.groups if analysis.prunable_atoms(g)
+                       for s in g.spaces}
+            nodes = rc.consumers(model.graph, tensors)
+            self.grams = rc.input_grams(self.snapshot, nodes, data, rows=_rows(self.opts, data),
+                                        samples=self.opts.calib_samples, threads=self.ctx.target.threads,
+                                        seed=self.ctx.seed)
+            self.seconds = time.perf_counter() - t0
+        return self.grams
+
+
+def _rows(opts: Options, data: Any) -> int:
+    n = len(data.batches) if opts.calib_samples is None else max(1, min(len(data.batches), opts.calib_samples))
+    return opts.calib_rows * n if opts.calib_rows else DEFAULT_ROWS
+
+
+def _group_consumers(analysis: Analysis, model: Model, grams: dict[str, Any], g: Any) -> list[tuple[Any, int]]:
+    """(node, space id) of each consumer with a Gram that reads one of the group's tensors."""
+    by_tensor = {analysis.ctx.spaces[s].tensor: s for s in g.spaces}
+    return [(n, by_tensor[n.inputs[0].name]) for n in model.graph.nodes
+            if n.inputs and n.inputs[0].name in by_tensor and n.name in grams]
+
+
+def atom_flops(analysis: Analysis, snapshot: onnx.ModelProto, ctx: PassContext) -> tuple[np.ndarray, float]:
+    """FLOPs each atom's removal saves (each member node's FLOPs shared over its channels), and the model's."""
+    from onnxprune.cost import model_cost
+
+    cost = model_cost(snapshot, inputs=ctx.input_shapes or None)
+    flops = {n.name: n.flops for n in cost.nodes}
+    share: dict[tuple[str, int], float] = {}
+    for m in analysis.ctx.members:
+        f = flops.get(m.node, 0)
+        sp = analysis.ctx.spaces[m.space]
+        if not f or not sp.size:
+            continue
+        atoms, counts = np.unique(analysis.atom_of[m.space], return_counts=True)
+        for a, c in zip(atoms.tolist(), counts.tolist()):
+            key = (m.node, a)
+            share[key] = max(share.get(key, 0.0), f * c / sp.size)
+    out = np.zeros(len(analysis.atoms))
+    for (_, a), part in share.items():
+        out[a] += part
+    return out, float(cost.flops)
+
+
+def error_quotas(analysis: Analysis, model: Model, scores: np.ndarray, opts: Options, round_to: int,
+                 grams: dict[str, Any], snapshot: onnx.ModelProto, ctx: PassContext) -> tuple[dict[int, int], dict[str, Any]]:
+    """scope=error: per-group removal counts by greedy smallest Δ(relative error)/ΔFLOPs."""
+    fl, total = atom_flops(analysis, snapshot, ctx)
+    target = opts.ratio * total
+    heap: list[tuple[float, int, int]] = []
+    steps: dict[int, tuple[list[int], list[float], list[float]]] = {}
+    no_estimate = 0
+    for g in analysis.groups:
+        prunable = sorted(_prunable(analysis, g, scores), key=lambda a: (scores[a], a))
+        cons = _group_consumers(analysis, model, grams, g)
+        if not prunable:
+            continue
+        if not cons:
+            no_estimate += 1
+            continue
+        n = len(g.atoms)
+        ks = [k for k in range(1, len(prunable) + 1)
+              if (n - k) % round_to == 0 and n - k >= opts.min_channels]
+        if not ks:
+            continue
+        grid = sorted({0} | {ks[min(len(ks) - 1, round(j * (len(ks) - 1) / (CURVE_POINTS - 1)))]
+                             for j in range(CURVE_POINTS)})
+        err = np.zeros(len(grid))
+        for node, s in cons:
+            gone_sets = [np.flatnonzero(np.isin(analysis.atom_of[s], prunable[:k])) for k in grid]
+            err += np.asarray(rc.error_curve(grams[node.name], node, gone_sets))
+        e_k = [float(np.interp(k, grid, err)) for k in ks]
+        f_cum = np.cumsum(fl[prunable])
+        f_k = [float(f_cum[k - 1]) for k in ks]
+        steps[g.id] = ([0] + ks, [0.0] + e_k, [0.0] + f_k)
+        heapq.heappush(heap, (_slope(steps[g.id], 0), g.id, 0))
+    quota = {g.id: 0 for g in analysis.groups}
+    removed = 0.0
+    while heap and removed < target:
+        _, gid, i = heapq.heappop(heap)
+        ks, es, fs = steps[gid]
+        removed += fs[i + 1] - fs[i]
+        quota[gid] = ks[i + 1]
+        if i + 2 < len(ks):
+            heapq.heappush(heap, (_slope(steps[gid], i + 1), gid, i + 1))
+    est = {gid: round(float(np.interp(quota[gid], steps[gid][0], steps[gid][1])), 6) for gid in steps if quota[gid]}
+    return quota, {"flops_target_estimate": int(target), "flops_removed_estimate": int(removed),
+                   "groups_without_error_estimate": no_estimate, "group_error_estimate": est}
+
+
+def _slope(step: tuple[list[int], list[float], list[float]], i: int) -> float:
+    _, es, fs = step
+    return (es[i + 1] - es[i]) / max(fs[i + 1] - fs[i], 1e-9)
+
+
+def lasso_rescore(analysis: Analysis, model: Model, scores: np.ndarray, counts: dict[int, int],
+                  grams: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """Per group with a quota, scores replaced by |β| of the LASSO over its consumers (He et al. 2017)."""
+    out = scores.copy()
+    done = 0
+    for g in analysis.groups:
+        k = counts.get(g.id, 0)
+        cons = _group_consumers(analysis, model, grams, g)
+        if not k or not cons:
+            continue
+        atoms = list(g.atoms)
+        loc = {a: i for i, a in enumerate(atoms)}
+        a_mat = np.zeros((len(atoms), len(atoms)))
+        for node, s in cons:
+            idx = np.array([loc[int(a)] for a in analysis.atom_of[s]])
+            ach = rc.contribution_gram(grams[node.name], node)
+            np.add.at(a_mat, (idx[:, None], idx[None, :]), ach)
+        free = np.array([not analysis.atoms[a].prunable or np.isnan(scores[a]) for a in atoms])
+        beta = rc.lasso_beta(a_mat, free, k)
+        base = np.array([0.0 if np.isnan(scores[a]) else scores[a] for a in atoms])
+        rank = np.argsort(np.argsort(base)) / max(len(atoms), 1)
+        for i, a in enumerate(atoms):
+            if not free[i]:
+                out[a] = abs(float(beta[i])) + 1e-9 * rank[i]  # ties among zeros broken by the criterion
+        done += 1
+    return out, done
+
+
+# ---------------------------------------------------------------------------- the pass
+
+
 def _latency_ratio(before: onnx.ModelProto, after: onnx.ModelProto, ctx: PassContext, runs: int) -> float:
     """After/before latency on one calibration batch at its real size (random at the
     context's input shapes when there is no data)."""
@@ -105,13 +322,18 @@ def _latency_ratio(before: onnx.ModelProto, after: onnx.ModelProto, ctx: PassCon
 
 
 class PruneChannels(Pass):
-    """Remove whole channels (filters) everywhere they live, by group importance."""
+    """Remove whole channels (filters) everywhere they live, by group importance; refit what reads them."""
 
     name = "prune-channels"
     Options = Options
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         opts: Options = self.options
+        method = opts.reconstruct if opts.reconstruct != "auto" else ("ls" if ctx.has_data else "none")
+        if method != "none":
+            ctx.require_data(self.name, f"reconstruct={method}")
+        if opts.scope == "error":
+            ctx.require_data(self.name, "scope=error")
         round_to = opts.round_to or ctx.target.vector_width
         snapshot = model.to_onnx()
         analysis = analyze(model, opts.protect)
@@ -119,22 +341,41 @@ class PruneChannels(Pass):
         if criterion.needs_data:
             ctx.require_data(self.name, f"criterion={opts.criterion}")
         scores, crit_stats = criterion.score(analysis, model, ctx)
+        grams = _Grams(snapshot, ctx, opts)
         stats: dict[str, Any] = {
-            "criterion": opts.criterion, "scope": opts.scope, "importance": "mean of per-layer mean-normalised scores",
+            "criterion": opts.criterion, "scope": opts.scope, "reconstruct": method,
+            "importance": "mean of per-layer mean-normalised scores",
             "analysis_seconds": round(analysis.seconds, 4), "groups": len(analysis.groups),
             "prunable_groups": sum(1 for g in analysis.groups if analysis.prunable_atoms(g)),
             "blocked": [{"sources": g.sources, "node": n, "reason": r} for g in analysis.groups for n, r in g.blocked[:1]],
         }
         stats.update(crit_stats)
-        tried = []
+        tried: list[dict[str, Any]] = []
         while True:
-            atoms = choose_atoms(analysis, scores, opts, round_to)
+            if opts.scope == "error":
+                quota, alloc = error_quotas(analysis, model, scores, opts, round_to, grams.get(model, analysis),
+                                            snapshot, ctx)
+                stats["allocation"] = alloc
+            else:
+                quota = group_quotas(analysis, scores, opts)
+            quota, unknown = apply_group_ratios(analysis, quota, opts)
+            if unknown:
+                stats["group_ratios_unmatched"] = unknown
+            atoms = choose_atoms(analysis, scores, opts, round_to, quota)
+            if method == "lasso" and atoms:
+                counts: dict[int, int] = {}
+                for a in atoms:
+                    counts[analysis.atoms[a].group] = counts.get(analysis.atoms[a].group, 0) + 1
+                lasso_scores, stats["lasso_groups"] = lasso_rescore(analysis, model, scores, counts,
+                                                                    grams.get(model, analysis))
+                atoms = choose_atoms(analysis, lasso_scores, opts, round_to, counts)
             if not atoms:
                 stats.update(round_to=round_to, channels_removed=0, latency_tried=tried)
                 if tried:
                     model.reset(snapshot)
                     stats["reverted"] = "no pruned variant was faster than the original"
                 return PassResult(False, stats)
+            pruned = removed_indices(analysis, atoms)
             removed = apply_removal(model, analysis, atoms)
             model.refresh_shapes()
             if not opts.latency_guard:
@@ -152,6 +393,14 @@ class PruneChannels(Pass):
             round_to *= 2
             analysis = analyze(model, opts.protect)
             scores, _ = criterion.score(analysis, model, ctx)
+        if grams.grams is not None:
+            stats["gram_seconds"] = round(grams.seconds, 3)
+        if method != "none":
+            data = ctx.require_data(self.name, f"reconstruct={method}")
+            stats["reconstruction"] = rc.reconstruct(
+                model, snapshot, pruned, data,
+                rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples, ctx.target.threads, ctx.seed))
+            model.refresh_shapes()
         per_group = []
         for g in analysis.groups:
             gone = [a for a in atoms if analysis.atoms[a].group == g.id]
@@ -162,11 +411,9 @@ class PruneChannels(Pass):
         return PassResult(True, stats)
 
 
-def prune_channels(model: onnx.ModelProto, **options: Any) -> onnx.ModelProto:
-    """Library twin of the pass: ``prune_channels(proto, ratio=0.3, criterion="fpgm")``."""
+def prune_channels(model: onnx.ModelProto, *, ctx: PassContext | None = None, **options: Any) -> onnx.ModelProto:
+    """Library twin of the pass: ``prune_channels(proto, ratio=0.3, criterion="apoz", ctx=plan.ctx)``."""
     from onnxprune.api import run_passes
 
-    out, _ = run_passes(model, [PruneChannels(Options(**options))])
+    out, _ = run_passes(model, [PruneChannels(Options(**options))], ctx=ctx)
     return out
-
-
