@@ -1,0 +1,673 @@
+"""Sensitivity sweep and per-layer latency model: what each group or layer costs in
+metric and what it saves in measured time.
+
+**Sensitivity.** For every prunable channel group (:func:`onnxprune.channels.analyze`,
+named by its first source node) and every low-rank candidate layer (MatMul/Gemm with a
+constant weight: ``lowrank``; KxK Conv: ``spatial-svd`` by default), one candidate per
+ladder level: the model with only that group pruned at ratio r (or only that layer
+factored at rank fraction f). Each candidate is a task for
+:func:`onnxprune.executor.run_tasks`; a worker builds its evaluator (and the reference
+outputs) once and scores every candidate it gets on the calibration split:
+
+    drop = 100 · (top-1(original) − top-1(candidate))      with labels (points)
+    drop = cosine(original) − cosine(candidate)            without (1 = identical)
+
+Pruning goes through ``prune-channels`` with ``group-ratios=SRC=R`` when that option
+exists (so the chosen criterion and reconstruction apply); without it, through a small
+internal per-group pruner (criterion scores, no reconstruction), and the table says so.
+Results are cached as JSON (``cache_dir``) keyed by the model's hash, the calibration
+data's hash and the sweep settings.
+
+**Latency model.** A compute node (Conv, ConvTranspose, Gemm, MatMul with a constant
+weight) is summarised by its *signature*: op, attributes, input shape at batch 1 and
+constant shapes. Each distinct signature is timed once as a one-node model in
+onnxruntime (interleaved with the others, 1 thread; kept in the per-shape latency cache
+of :mod:`onnxprune.latency`). A model's latency is predicted as
+
+    t(model) = T(original) − Σ t(original's signatures) + Σ t(model's signatures)
+
+with T(original) the measured whole model (what the per-node times leave out: the
+elementwise ops, copies, launches, is taken as unchanged). A candidate's gain is the
+difference of the two sums, so rounded channel counts and factored chains are priced at
+what onnxruntime really does with them, not at their FLOPs. The budget search checks the
+prediction against the measured whole model (``predicted vs measured`` in its stats).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxprune.allocate import Choice, Knob
+from onnxprune.context import Evaluator, PassContext
+from onnxprune.errors import UsageError
+from onnxprune.manager import Pass, PassManager, PassResult
+from onnxprune.model import Model
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+FAMILIES = ("prune", "lowrank")
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What the sweep tries. ``samples``: calibration samples used for scoring (None: all)."""
+
+    families: tuple[str, ...] = FAMILIES
+    ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    fractions: tuple[float, ...] = (0.5, 0.25)
+    criterion: str = "l1"
+    reconstruct: str | None = None
+    round_to: int | None = None
+    protect: tuple[str, ...] = ()
+    conv_pass: str = "spatial-svd"
+    samples: int | None = None
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.families if f not in FAMILIES]
+        if bad:
+            raise UsageError(f"sensitivity: unknown family {bad[0]!r}; valid: {', '.join(FAMILIES)}")
+        if any(not 0 < r < 1 for r in self.ratios) or any(not 0 < f < 1 for f in self.fractions):
+            raise UsageError("sensitivity: ratios and fractions must lie in (0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+# ---------------------------------------------------------------------------- building candidates
+
+
+def pass_fields(name: str) -> set[str] | None:
+    """The Options field names of a registered pass, or None when it is not registered."""
+    from onnxprune.passes import REGISTRY
+
+    if name not in REGISTRY.names():
+        return None
+    return {f.name for f in dataclasses.fields(REGISTRY.get(name).Options)}
+
+
+class _GroupPrune(Pass):
+    """Internal fallback: prune the named groups at their ratios (criterion scores, no reconstruction)."""
+
+    name = "group-prune"
+
+    def __init__(self, ratios: Mapping[str, float], criterion: str, round_to: int, protect: Sequence[str]) -> None:
+        super().__init__()
+        self.ratios, self.criterion, self.round_to, self.protect = dict(ratios), criterion, round_to, tuple(protect)
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        from onnxprune.channels import analyze, apply_removal
+        from onnxprune.criteria import get_criterion
+
+        analysis = analyze(model, self.protect)
+        scores, _ = get_criterion(self.criterion).score(analysis, model, ctx)
+        left = {sp.id: sp.size for sp in analysis.ctx.spaces}
+        chosen: list[int] = []
+        for g in analysis.groups:
+            r = self.ratios.get(g.sources[0]) if g.sources else None
+            prunable = [a for a in analysis.prunable_atoms(g) if not np.isnan(scores[a])]
+            if not r or not prunable:
+                continue
+            k = len(g.atoms) - kept_channels(len(g.atoms), r, self.round_to)
+            for a in sorted(prunable, key=lambda x: (scores[x], x)):
+                if k <= 0:
+                    break
+                el = analysis.atoms[a].elements
+                if any(left[s] - len(ix) < 1 for s, ix in el.items()):
+                    continue
+                for s, ix in el.items():
+                    left[s] -= len(ix)
+                chosen.append(a)
+                k -= 1
+        if not chosen:
+            return PassResult(False, {})
+        apply_removal(model, analysis, chosen)
+        model.refresh_shapes()
+        return PassResult(True, {"channels_removed": len(chosen)})
+
+
+def kept_channels(n: int, ratio: float, round_to: int) -> int:
+    """Channels a group of ``n`` keeps at ``ratio``: n − ⌊ratio·n⌋, rounded up to ``round_to``."""
+    keep = max(n - int(math.floor(ratio * n)), 1)
+    return min(n, int(math.ceil(keep / round_to)) * round_to)
+
+
+def prune_spec(ratios: Mapping[str, float], s: SweepSettings, round_to: int) -> str | Pass | None:
+    """One pass pruning each named group at its ratio (None when nothing to prune)."""
+    ratios = {k: v for k, v in ratios.items() if v > 0}
+    if not ratios:
+        return None
+    fields = pass_fields("prune-channels") or set()
+    if "group_ratios" in fields and not any(c in k for k in ratios for c in ",|="):
+        opts = [f"ratio=0,group-ratios={'|'.join(f'{k}={v:g}' for k, v in sorted(ratios.items()))}",
+                f"criterion={s.criterion}", f"round-to={round_to}", "latency-guard=false"]
+        if s.reconstruct and "reconstruct" in fields:
+            opts.append(f"reconstruct={s.reconstruct}")
+        if s.protect:
+            opts.append("protect=" + "|".join(s.protect))
+        return "prune-channels:" + ",".join(opts)
+    return _GroupPrune(ratios, s.criterion, round_to, s.protect)
+
+
+def prune_backend(s: SweepSettings) -> str:
+    fields = pass_fields("prune-channels") or set()
+    if "group_ratios" in fields:
+        rec = f", reconstruct={s.reconstruct}" if s.reconstruct and "reconstruct" in fields else ""
+        return f"prune-channels group-ratios (criterion={s.criterion}{rec})"
+    return f"internal per-group pruner (criterion={s.criterion}, no reconstruction: prune-channels has no group-ratios)"
+
+
+def lowrank_spec(layer: str, op: str, fraction: float, s: SweepSettings) -> str | None:
+    name = "lowrank" if op in ("MatMul", "Gemm") else s.conv_pass
+    fields = pass_fields(name)
+    if fields is None or "fraction" not in fields or "layers" not in fields:
+        return None
+    extra = ",check-latency=false" if "check_latency" in fields else ""
+    return f"{name}:layers={layer},fraction={fraction:g}{extra}"
+
+
+def lowrank_specs(levels: Mapping[str, float], ops: Mapping[str, str], s: SweepSettings) -> list[str]:
+    out = []
+    for layer, f in sorted(levels.items()):
+        spec = lowrank_spec(layer, ops[layer], f, s)
+        if spec:
+            out.append(spec)
+    return out
+
+
+def apply_specs(proto: onnx.ModelProto, specs: Sequence[str | Pass], ctx: PassContext) -> tuple[onnx.ModelProto, bool]:
+    """Run passes without per-pass verification (the search verifies what it keeps)."""
+    from onnxprune.api import make_passes
+
+    work = Model(proto)
+    records = PassManager(make_passes(list(specs))).run(work, ctx)
+    return work.to_onnx(), any(r.modified for r in records)
+
+
+# ---------------------------------------------------------------------------- signatures & latency
+
+
+def _attr(a: onnx.AttributeProto) -> Any:
+    v = helper.get_attribute_value(a)
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, list):
+        return [x.decode() if isinstance(x, bytes) else x for x in v]
+    return v
+
+
+def signatures(proto: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, dict[str, Any]]:
+    """node name -> signature of every compute node with constant weights (batch-1 shapes)."""
+    from onnxprune.shapes import concrete_input_shapes, infer_shapes, tensor_shapes, with_input_shapes
+
+    shapes_in = {k: (1, *tuple(v)[1:]) for k, v in input_shapes.items()} or concrete_input_shapes(proto, batch=1)
+    shapes = tensor_shapes(infer_shapes(with_input_shapes(proto, shapes_in)))
+    inits = {t.name: t for t in proto.graph.initializer}
+    out: dict[str, dict[str, Any]] = {}
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type not in COMPUTE_OPS or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        if node.input[1] not in inits:
+            continue
+        x = shapes.get(node.input[0])
+        if x is None or not all(isinstance(d, int) and d > 0 for d in x):
+            continue
+        consts = []
+        for name in node.input[1:]:
+            if not name:
+                consts.append(None)
+            elif name in inits:
+                t = inits[name]
+                consts.append([list(t.dims), int(t.data_type)])
+            else:
+                consts = []
+                break
+        if not consts:
+            continue
+        attrs = {a.name: _attr(a) for a in node.attribute}
+        sig = {"op": node.op_type, "x": list(x), "consts": consts, "attrs": attrs}
+        sig["key"] = hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:20]
+        out[node.name or f"{node.op_type}#{i}"] = sig
+    return out
+
+
+def _node_model(sig: Mapping[str, Any], input_name: str, opset: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits, names = [], [input_name]
+    for j, c in enumerate(sig["consts"]):
+        if c is None:
+            names.append("")
+            continue
+        dims, dt = c
+        arr = rng.standard_normal(dims).astype(helper.tensor_dtype_to_np_dtype(dt))
+        inits.append(numpy_helper.from_array(arr, f"c{j}"))
+        names.append(f"c{j}")
+    node = helper.make_node(sig["op"], names, ["y"], **sig["attrs"])
+    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info(input_name, onnx.TensorProto.FLOAT, sig["x"])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = min(onnx.IR_VERSION, 8)
+    return m
+
+
+class LayerTimes:
+    """Measured milliseconds per signature, kept in the per-shape latency cache."""
+
+    def __init__(self, cache_path: Path | None, threads: int = 1, opset: int = 17, runs: int = 30) -> None:
+        from onnxprune.latency import LatencyCache, environment_key
+
+        self.cache = LatencyCache(cache_path)
+        self.env = environment_key(threads)
+        self.threads, self.opset, self.runs = threads, opset, runs
+        self.measured = 0
+
+    def times(self, sigs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        from onnxprune.runtime import make_session, measure_latency
+
+        out: dict[str, float] = {}
+        todo: dict[str, Mapping[str, Any]] = {}
+        for s in sigs:
+            hit = self.cache.get(self.env, "layer:" + s["key"])
+            if hit is not None and "ms" in hit:
+                out[s["key"]] = float(hit["ms"])
+            else:
+                todo[s["key"]] = s
+        items = list(todo.items())
+        for start in range(0, len(items), 16):  # sessions timed interleaved, a chunk at a time
+            chunk = items[start:start + 16]
+            sessions, feed = [], {}
+            for j, (key, s) in enumerate(chunk):
+                name = f"x{j}"
+                try:
+                    sessions.append(make_session(_node_model(s, name, self.opset), self.threads))
+                except Exception as exc:  # an odd node: priced at 0 (the residual carries it)
+                    log.info("cannot time %s node %s: %s", s["op"], key, exc)
+                    out[key] = 0.0
+                    sessions.append(None)
+                    continue
+                feed[name] = np.random.default_rng(j).standard_normal(s["x"]).astype(np.float32)
+            ok = [(k, ss) for (k, _), ss in zip(chunk, sessions) if ss is not None]
+            if not ok:
+                continue
+            res = measure_latency([ss for _, ss in ok], feed, warmup=3, runs=self.runs)
+            for (key, _), r in zip(ok, res):
+                out[key] = r["median_ms"]
+                self.cache.store(self.env, "layer:" + key, {"ms": r["median_ms"], "op": todo[key]["op"],
+                                                             "x": todo[key]["x"]})
+                self.measured += 1
+        return out
+
+    def total(self, sigs: Mapping[str, Mapping[str, Any]]) -> float:
+        t = self.times(list(sigs.values()))
+        return float(sum(t[s["key"]] for s in sigs.values()))
+
+
+def batch1_feed(ctx: PassContext) -> dict[str, np.ndarray]:
+    """One calibration sample (batch 1): the latency the user feels."""
+    feed = ctx.feed()
+    if feed is None:
+        raise UsageError("latency needs one input sample: give --data or --calib")
+    return {k: (v[:1] if np.ndim(v) else v) for k, v in feed.items()}
+
+
+def measure_models(models: Sequence[onnx.ModelProto], feed: Mapping[str, np.ndarray], *, threads: int = 1,
+                   runs: int = 40, repeats: int = 1) -> list[list[float]]:
+    """Median ms of each model, timed interleaved in one run; ``repeats`` runs, each listed."""
+    from onnxprune.runtime import make_session, measure_latency
+
+    sessions = [make_session(m, threads) for m in models]
+    out: list[list[float]] = [[] for _ in models]
+    for _ in range(repeats):
+        for i, r in enumerate(measure_latency(sessions, feed, warmup=5, runs=runs)):
+            out[i].append(r["median_ms"])
+    return out
+
+
+# ---------------------------------------------------------------------------- the sweep
+
+
+@dataclass(frozen=True)
+class Candidate:
+    family: str  # "prune" | "lowrank"
+    key: str  # the group's first source node, or the layer's node name
+    level: float  # ratio (prune) or rank fraction kept (lowrank)
+    op: str
+    channels: int = 0  # group size (prune)
+    kept: int = 0  # channels kept after rounding (prune)
+
+    @property
+    def knob(self) -> str:
+        return f"{self.family}:{self.key}"
+
+
+def round_to_of(ctx: PassContext, s: SweepSettings) -> int:
+    return s.round_to or ctx.target.vector_width
+
+
+def candidates(proto: onnx.ModelProto, ctx: PassContext, s: SweepSettings,
+               base_sigs: Mapping[str, Mapping[str, Any]]) -> tuple[list[Candidate], list[str]]:
+    """Every (group or layer, level) the sweep measures, and notes on what was left out."""
+    from onnxprune.channels import analyze
+
+    out: list[Candidate] = []
+    notes: list[str] = []
+    rt = round_to_of(ctx, s)
+    if "prune" in s.families:
+        analysis = analyze(Model(proto), s.protect)
+        for g in analysis.groups:
+            n = len(g.atoms)
+            if not g.sources or not analysis.prunable_atoms(g):
+                continue
+            seen = set()
+            for r in sorted(s.ratios):
+                kept = kept_channels(n, r, rt)
+                if kept >= n or kept in seen:
+                    continue
+                seen.add(kept)
+                out.append(Candidate("prune", g.sources[0], r, "group", n, kept))
+        if not any(c.family == "prune" for c in out):
+            notes.append(f"no group can lose channels at round-to={rt}")
+    if "lowrank" in s.families:
+        for name, sig in base_sigs.items():
+            op, w = sig["op"], sig["consts"][0][0]
+            if op in ("MatMul", "Gemm") and len(w) == 2:
+                pass
+            elif op == "Conv" and len(w) == 4 and max(w[2:]) > 1 and int(sig["attrs"].get("group", 1)) == 1:
+                pass
+            else:
+                continue
+            if lowrank_spec(name, op, 0.5, s) is None:
+                notes.append(f"low-rank of {op} unavailable (pass missing or without layers=/fraction=)")
+                continue
+            out += [Candidate("lowrank", name, f, op) for f in sorted(s.fractions, reverse=True)]
+    return out, sorted(set(notes))
+
+
+def candidate_specs(c: Candidate, s: SweepSettings, round_to: int) -> list[str | Pass]:
+    if c.family == "prune":
+        spec = prune_spec({c.key: c.level}, s, round_to)
+        return [spec] if spec is not None else []
+    spec2 = lowrank_spec(c.key, c.op, c.level, s)
+    return [spec2] if spec2 else []
+
+
+def _worker_init(shared: Mapping[str, Any]) -> dict[str, Any]:
+    proto = onnx.load_from_string(shared["model"])
+    ev = Evaluator(proto, shared["score_data"], threads=shared["threads"], metric=shared["metric"])
+    ctx = PassContext(calib=shared["calib"], target=shared["target"], input_shapes=shared["input_shapes"],
+                      seed=shared["seed"], evaluator=ev, calib_kind=shared["calib_kind"])
+    base = ev.baseline()
+    return {"proto": proto, "ctx": ctx, "base": base, "scale": 100.0 if ev.metric in ("accuracy", "agreement") else 1.0,
+            "settings": shared["settings"], "round_to": shared["round_to"]}
+
+
+def _worker_run(state: Mapping[str, Any], c: Candidate) -> dict[str, Any]:
+    from onnxprune.cost import model_cost
+
+    specs = candidate_specs(c, state["settings"], state["round_to"])
+    if not specs:
+        return {"ok": False, "why": "no pass can build it"}
+    ctx: PassContext = state["ctx"]
+    try:
+        model, modified = apply_specs(state["proto"], specs, ctx)
+    except Exception as exc:  # one candidate that a pass refuses is left out, the sweep goes on
+        return {"ok": False, "why": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
+    if not modified:
+        return {"ok": False, "why": "the pass left the model unchanged (not cheaper)"}
+    assert ctx.evaluator is not None
+    score = ctx.evaluator.score(model)
+    sigs = signatures(model, ctx.input_shapes)
+    return {"ok": True, "score": score, "drop": state["scale"] * (state["base"] - score),
+            "sigs": {k: v["key"] for k, v in sigs.items()}, "sig_defs": {v["key"]: v for v in sigs.values()},
+            "size": model.ByteSize(), "flops": model_cost(model, inputs=ctx.input_shapes).flops}
+
+
+def _data_hash(ds: Any) -> str:
+    from onnxprune.data import stacked
+
+    h = hashlib.sha256()
+    for k, a in sorted(stacked(ds).items()):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    if ds.labels is not None:
+        h.update(np.asarray(ds.labels).tobytes())
+    return h.hexdigest()
+
+
+def score_subset(ctx: PassContext, samples: int | None) -> Any:
+    from onnxprune.data import subset
+
+    calib = ctx.require_data("sensitivity", "the sweep")
+    if samples is None or samples >= calib.n_samples:
+        return calib
+    step = max(1, int(next(iter(calib.batches[0].values())).shape[0])) if calib.batches else 1
+    return subset(calib, np.arange(samples), batch_size=step)
+
+
+def sweep(proto: onnx.ModelProto, ctx: PassContext, s: SweepSettings, *, workers: int | None = None,
+          executor: str = "local", metric: str = "auto") -> dict[str, Any]:
+    """The sensitivity table (see the module docstring); cached under ``ctx.cache_dir``."""
+    import onnxruntime as ort
+
+    from onnxprune.cost import model_cost
+    from onnxprune.executor import run_tasks
+
+    score_data = score_subset(ctx, s.samples)
+    rt = round_to_of(ctx, s)
+    model_bytes = proto.SerializeToString()
+    ident = json.dumps({"format": FORMAT, "model": hashlib.sha256(model_bytes).hexdigest(), "data": _data_hash(score_data),
+                        "calib": _data_hash(ctx.calib), "settings": s.to_dict(), "round_to": rt, "metric": metric,
+                        "backend": prune_backend(s), "ort": ort.__version__, "seed": ctx.seed}, sort_keys=True)
+    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    path = Path(ctx.cache_dir) / f"sensitivity-{key}.json" if ctx.cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            table = json.loads(path.read_text(encoding="utf-8"))
+            if table.get("key") == key:
+                table["cached"] = True
+                return table
+        except (OSError, ValueError) as exc:
+            log.warning("sensitivity cache %s unreadable (%s); measuring again", path, exc)
+    base_sigs = signatures(proto, ctx.input_shapes)
+    cands, notes = candidates(proto, ctx, s, base_sigs)
+    shared = {"model": model_bytes, "calib": ctx.calib, "score_data": score_data, "threads": 1, "metric": metric,
+              "target": ctx.target, "input_shapes": dict(ctx.input_shapes), "seed": ctx.seed,
+              "calib_kind": ctx.calib_kind, "settings": s, "round_to": rt}
+    results, stats = run_tasks(_worker_run, cands, init=_worker_init, shared=shared,
+                               workers=workers or ctx.workers, executor=executor)
+    ev = Evaluator(proto, score_data, threads=1, metric=metric)
+    baseline = ev.baseline()
+    sig_defs: dict[str, Any] = {v["key"]: v for v in base_sigs.values()}
+    rows = []
+    for c, r in zip(cands, results):
+        sig_defs.update(r.pop("sig_defs", {}))
+        rows.append({**dataclasses.asdict(c), **r})
+    table = {
+        "format": FORMAT, "key": key, "metric": ev.metric,
+        "unit": "points of top-1" if ev.metric in ("accuracy", "agreement") else "cosine",
+        "baseline": baseline, "samples": score_data.n_samples, "settings": s.to_dict(), "round_to": rt,
+        "backend": prune_backend(s), "notes": notes, "base": {"sigs": {k: v["key"] for k, v in base_sigs.items()},
+                                                             "size": proto.ByteSize(),
+                                                             "flops": model_cost(proto, inputs=ctx.input_shapes).flops},
+        "signatures": sig_defs, "candidates": rows, "sweep": stats.to_dict(), "cached": False,
+    }
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(table), encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("cannot write sensitivity cache %s: %s", path, exc)
+    return table
+
+
+OBJECTIVES = ("latency", "flops", "size")
+
+
+def knobs(table: Mapping[str, Any], objective: str = "latency", times: Mapping[str, float] | None = None) -> list[Knob]:
+    """The sweep as allocation knobs: loss = measured drop, gain = ms (or FLOPs, bytes) saved."""
+    if objective not in OBJECTIVES:
+        raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    base = table["base"]
+    if objective == "latency":
+        assert times is not None
+        base_t = sum(times.get(k, 0.0) for k in base["sigs"].values())
+    by: dict[str, list[Choice]] = {}
+    for row in table["candidates"]:
+        if not row.get("ok"):
+            continue
+        if objective == "latency":
+            assert times is not None
+            gain = base_t - sum(times.get(k, 0.0) for k in row["sigs"].values())
+        else:
+            gain = float(base[objective] - row[objective])
+        by.setdefault(f"{row['family']}:{row['key']}", []).append(Choice(float(row["level"]), float(row["drop"]), gain))
+    return [Knob(k, tuple(sorted(v, key=lambda c: c.level))) for k, v in by.items()]
+
+
+def layer_times(table: Mapping[str, Any], ctx: PassContext, *, runs: int = 30) -> tuple[dict[str, float], int]:
+    """Measured ms of every signature the table names (cached), and how many were timed now."""
+    # single-node models use opset 17: every op priced here has the same semantics there
+    lt = LayerTimes(ctx.latency_cache_path(), threads=ctx.target.threads, runs=runs)
+    times = lt.times(list(table["signatures"].values()))
+    return times, lt.measured
+
+
+def curves_svg(table: Mapping[str, Any]) -> str | None:
+    from onnxprune.plots import line_chart
+
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    for row in table["candidates"]:
+        if row.get("ok"):
+            xs, ys = curves.setdefault(f"{row['family']}:{row['key']}", ([0.0], [0.0]))
+            xs.append(float(row["level"]))
+            ys.append(float(row["drop"]))
+    return line_chart(curves, title="sensitivity: metric drop per group/layer", xlabel="ratio pruned / rank fraction kept",
+                      ylabel=f"drop ({table['unit']})")
+
+
+def table_markdown(table: Mapping[str, Any], times: Mapping[str, float] | None = None) -> str:
+    """One row per candidate: drop, and the latency saved when ``times`` is given."""
+    base_t = sum(times.get(k, 0.0) for k in table["base"]["sigs"].values()) if times else 0.0
+    lines = [f"Baseline {table['metric']} {table['baseline']:.4f} on {table['samples']} calibration samples; "
+             f"drop in {table['unit']}; pruning by {table['backend']}; round-to {table['round_to']}.", "",
+             "| candidate | level | channels kept | drop | layers ms saved |", "|---|---|---|---|---|"]
+    for row in table["candidates"]:
+        kept = f"{row['kept']}/{row['channels']}" if row["family"] == "prune" else ""
+        if not row.get("ok"):
+            lines.append(f"| {row['family']}:{row['key']} | {row['level']:g} | {kept} | skipped: {row.get('why', '')} | |")
+            continue
+        saved = f"{base_t - sum(times.get(k, 0.0) for k in row['sigs'].values()):.3f}" if times else ""
+        lines.append(f"| {row['family']}:{row['key']} | {row['level']:g} | {kept} | {row['drop']:.3f} | {saved} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- CLI: onnxprune sensitivity
+
+
+def _settings_from_passes(specs: Sequence[str], base: SweepSettings) -> SweepSettings:
+    """``--passes prune-channels:criterion=fpgm,reconstruct=ls lowrank spatial-svd`` -> settings."""
+    from onnxprune.manager import parse_pass_spec
+
+    fams: list[str] = []
+    changes: dict[str, Any] = {}
+    for spec in specs:
+        name, raw = parse_pass_spec(spec)
+        if name in ("prune", "prune-channels"):
+            fams.append("prune")
+            for k, v in raw.items():
+                k = k.replace("-", "_")
+                if k not in ("criterion", "reconstruct", "round_to", "protect"):
+                    raise UsageError(f"sensitivity: prune-channels option {k!r} is not swept; "
+                                     "give criterion, reconstruct, round-to or protect")
+                changes[k] = int(v) if k == "round_to" else tuple(v.split("|")) if k == "protect" else v
+        elif name in ("lowrank", "spatial-svd", "tucker", "cp"):
+            fams.append("lowrank")
+            if name != "lowrank":
+                changes["conv_pass"] = name
+            if raw:
+                raise UsageError(f"sensitivity: {name} takes no options here (ranks come from --fractions)")
+        else:
+            raise UsageError(f"sensitivity: cannot sweep pass {name!r}; give prune-channels, lowrank, spatial-svd, tucker or cp")
+    if fams:
+        changes["families"] = tuple(dict.fromkeys(fams))
+    return dataclasses.replace(base, **changes)
+
+
+def main(argv: Sequence[str]) -> int:
+    """``onnxprune sensitivity MODEL --data ...``: the table on stdout, JSON and a report on request."""
+    import argparse
+
+    from onnxprune.api import prepare_data
+    from onnxprune.model import load_model
+
+    class _P(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # one line, exit 2
+            raise UsageError(f"sensitivity: {message}")
+
+    p = _P(prog="onnxprune sensitivity", description="Metric drop of every prunable group and low-rank layer at a "
+                                                    "ladder of ratios/ranks, on the calibration split; with the "
+                                                    "milliseconds each saves in onnxruntime.")
+    p.add_argument("model")
+    p.add_argument("--data", help="data (split into calibration and evaluation parts as in the main command)")
+    p.add_argument("--calib", help="calibration data (the sweep scores on it)")
+    p.add_argument("--labels")
+    p.add_argument("--recipe")
+    p.add_argument("--calib-limit", type=int)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--passes", nargs="+", default=[], metavar="PASS",
+                   help="what to sweep: prune-channels[:criterion=..,reconstruct=..,round-to=..] and/or lowrank, "
+                        "spatial-svd, tucker, cp (default: prune-channels lowrank)")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.25])
+    p.add_argument("--samples", type=int, help="calibration samples to score on (default: all)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--target", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", help="where the table and per-shape latencies are cached")
+    p.add_argument("--no-latency", action="store_true", help="skip the per-layer timing")
+    p.add_argument("--json", help="write the table (reusable by the auto pass's search) here")
+    p.add_argument("--report", help="write a report: .md or .html (with the curves as inline SVG)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    a = p.parse_args(list(argv))
+    proto = load_model(a.model)
+    plan = prepare_data(proto, data=a.data, calib=a.calib, labels=a.labels, recipe=a.recipe, calib_limit=a.calib_limit,
+                        batch_size=a.batch_size, seed=a.seed, target=a.target, threads=a.threads, cache_dir=a.cache_dir,
+                        workers=a.workers, need_eval=False)
+    settings = _settings_from_passes(a.passes, SweepSettings(ratios=tuple(a.ratios), fractions=tuple(a.fractions),
+                                                             samples=a.samples))
+    table = sweep(proto, plan.ctx, settings, workers=a.workers, executor=a.executor)
+    times = None if a.no_latency else layer_times(table, plan.ctx)[0]
+    text = table_markdown(table, times)
+    for w in plan.warnings:
+        print(f"warning: {w}")
+    print(text, end="")
+    if a.json:
+        out = dict(table)
+        if times is not None:
+            out["layer_ms"] = times
+        Path(a.json).write_text(json.dumps(out, indent=1), encoding="utf-8")
+    if a.report:
+        svg = curves_svg(table)
+        path = Path(a.report)
+        if path.suffix == ".html":
+            body = "<pre>" + text + "</pre>"
+            html = f"<!doctype html><meta charset='utf-8'><title>sensitivity</title><h1>{a.model}</h1>{svg or ''}{body}"
+            path.write_text(html, encoding="utf-8")
+        else:
+            path.write_text(f"# Sensitivity of {a.model}\n\n{text}", encoding="utf-8")
+    return 0

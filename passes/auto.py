@@ -1,0 +1,372 @@
+"""auto: compress to a budget — "1.5x faster, at most 1 point of top-1" — or say it cannot.
+
+Before::  the original model, a target (``speedup=``, ``flops=`` or ``size=``, a factor
+          over the original) and a quality budget (``max-drop=`` points of top-1 with
+          labels; ``min-cosine=`` output fidelity without).
+After::   the model with per-group pruning ratios and per-layer ranks (and, with
+          ``methods=prune|lowrank|quantize``, quantization last) that met both, measured;
+          or the best point found, with ``target_met: false``.
+
+When: the context has calibration data (the search scores every candidate on it; the
+evaluation split is never touched, so the caller's validation stays honest).
+
+How (see :mod:`onnxprune.sensitivity` and :mod:`onnxprune.allocate`):
+
+1. sensitivity sweep: every group at every ratio, every low-rank layer at every rank
+   fraction, scored alone (cached by model hash and settings);
+2. latency model: each candidate's compute nodes timed as one-node models, so a
+   candidate's gain is the milliseconds onnxruntime saves, rounding and factored chains
+   included; the whole original model is measured once (``T0``);
+3. with quantization allowed, the quantized original is measured first (speed-up q,
+   drop d_q), and the prune/low-rank part aims at ``speedup / q`` within ``budget − d_q``;
+4. allocation: the multiple-choice knapsack ``min Σ loss s.t. Σ gain ≥ need`` solved
+   exactly by DP (why not greedy: sensitivity curves are not convex);
+5. build the allocation (prune → low rank → quantize), score it on the calibration data
+   and time it against the original (interleaved, batch 1, ``threads`` of the target);
+6. back off: too slow → raise ``need`` by the measured shortfall; too lossy → scale the
+   predicted losses by measured/predicted and solve ``max Σ gain s.t. Σ loss ≤ budget``
+   (the fastest point predicted to hold the budget); up to ``rounds`` builds.
+
+The best point that meets both is returned; if none does, the model is left at the
+fastest point that holds the quality budget (the original if none) and, with
+``on-miss=error`` (default), :class:`~onnxprune.errors.QualityError` (exit 7) is raised
+after the stats are recorded: the exception carries ``.stats`` and ``.best_model``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import onnx
+
+from onnxprune.allocate import Choice, Knob, max_gain, min_loss
+from onnxprune.context import Evaluator, PassContext
+from onnxprune.errors import QualityError, UsageError
+from onnxprune.executor import EXECUTORS
+from onnxprune.manager import Pass, PassResult, check_range
+from onnxprune.model import Model
+from onnxprune.sensitivity import (
+    SweepSettings,
+    apply_specs,
+    batch1_feed,
+    curves_svg,
+    knobs,
+    layer_times,
+    lowrank_specs,
+    measure_models,
+    pass_fields,
+    prune_backend,
+    prune_spec,
+    round_to_of,
+    signatures,
+    sweep,
+)
+
+log = logging.getLogger(__name__)
+
+METHODS = ("prune", "lowrank", "quantize")
+
+
+@dataclass(frozen=True)
+class Options:
+    speedup: float | None = None  # measured latency factor (original / compressed); default 1.5 if no target
+    flops: float | None = None  # FLOPs reduced by this factor
+    size: float | None = None  # serialised size reduced by this factor
+    max_drop: float = 1.0  # points of top-1 (labelled calibration data)
+    min_cosine: float = 0.99  # mean output cosine to the original (no labels)
+    methods: tuple[str, ...] = ("prune", "lowrank")
+    ratios: tuple[float, ...] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+    fractions: tuple[float, ...] = (0.5, 0.25)
+    criterion: str = "l1"
+    reconstruct: str | None = None
+    quantize_mode: str | None = None
+    round_to: int | None = None
+    protect: tuple[str, ...] = ()
+    samples: int | None = None
+    rounds: int = 6
+    executor: Literal["local", "ray"] = "local"
+    workers: int | None = None
+    latency_runs: int = 40
+    on_miss: Literal["error", "best"] = "error"
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("speedup", "flops", "size") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise UsageError(f"pass auto: give one target (speedup, flops or size), got {', '.join(given)}")
+        for k in given:
+            check_range("auto", k, getattr(self, k), 1.0, 1000.0)
+        check_range("auto", "max-drop", self.max_drop, 0.0, 100.0)
+        check_range("auto", "min-cosine", self.min_cosine, -1.0, 1.0)
+        check_range("auto", "rounds", self.rounds, 1, 100)
+        check_range("auto", "latency-runs", self.latency_runs, 3, 10_000)
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise UsageError(f"pass auto: methods must be some of {'|'.join(METHODS)}, got {'|'.join(self.methods)!r}")
+        if self.executor not in EXECUTORS:
+            raise UsageError(f"pass auto: executor must be one of {', '.join(EXECUTORS)}")
+        if self.workers is not None:
+            check_range("auto", "workers", self.workers, 1, 1024)
+        SweepSettings(ratios=self.ratios, fractions=self.fractions)  # validates the ladders
+
+    def target(self) -> tuple[str, float]:
+        for k, obj in (("speedup", "latency"), ("flops", "flops"), ("size", "size")):
+            if getattr(self, k) is not None:
+                return obj, float(getattr(self, k))
+        return "latency", 1.5
+
+
+class AutoCompress(Pass):
+    """Compress to a budget: per-group ratios and per-layer ranks from measured sensitivity and latency."""
+
+    name = "auto"
+    Options = Options
+    needs_data = True
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        return _Search(self.options, ctx).run(model)
+
+
+class _Search:
+    def __init__(self, o: Options, ctx: PassContext) -> None:
+        self.o = o
+        self.ctx = ctx
+        self.notes: list[str] = []
+        self.points: list[dict[str, Any]] = []
+        self.t_start = time.perf_counter()
+
+    # ---------------------------------------------------------------- measuring
+    def measure(self, label: str, proto: onnx.ModelProto, levels: dict[str, float], predicted: dict[str, Any]) -> dict[str, Any]:
+        from onnxprune.cost import model_cost
+
+        score = self.ev.score(proto)
+        (t0s, t1s) = measure_models([self.original, proto], self.feed, threads=self.ctx.target.threads,
+                                    runs=self.o.latency_runs)
+        point = {
+            "label": label, "levels": dict(levels), "score": score, "drop": self.scale * (self.base - score),
+            "speedup": t0s[0] / t1s[0], "latency_ms": t1s[0], "original_ms": t0s[0],
+            "flops_factor": self.f0 / max(model_cost(proto, inputs=self.ctx.input_shapes).flops, 1),
+            "size_factor": self.s0 / max(proto.ByteSize(), 1), "size_bytes": proto.ByteSize(), **predicted,
+        }
+        point["holds_quality"] = point["drop"] <= self.budget + 1e-9
+        point["meets_target"] = self.achieved(point) >= self.target - 1e-9
+        self.points.append(point)
+        log.info("auto: %s drop %.3f speedup %.3f", label, point["drop"], point["speedup"])
+        return point
+
+    def achieved(self, p: dict[str, Any]) -> float:
+        return float(p[{"latency": "speedup", "flops": "flops_factor", "size": "size_factor"}[self.objective]])
+
+    def build(self, levels: dict[str, float], quantize: bool) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+        """(float model, final model): the allocation, then quantization when asked."""
+        specs: list[Any] = []
+        prune = {k.split(":", 1)[1]: v for k, v in levels.items() if k.startswith("prune:")}
+        spec = prune_spec(prune, self.settings, self.round_to)
+        if spec is not None:
+            specs.append(spec)
+        lr = {k.split(":", 1)[1]: v for k, v in levels.items() if k.startswith("lowrank:")}
+        specs += lowrank_specs(lr, self.ops, self.settings)
+        fp = apply_specs(self.original, specs, self.ctx)[0] if specs else self.original
+        return fp, (apply_specs(fp, [self.qspec], self.ctx)[0] if quantize else fp)
+
+    def predict(self, proto: onnx.ModelProto, quantized: bool) -> float | None:
+        """Predicted speed-up of the float part (times the measured quantization factor)."""
+        if self.objective != "latency" or self.times is None:
+            return None
+        from onnxprune.sensitivity import LayerTimes
+
+        lt = LayerTimes(self.ctx.latency_cache_path(), threads=self.ctx.target.threads)
+        sigs = signatures(proto, self.ctx.input_shapes)
+        self.times.update(lt.times(list(sigs.values())))
+        t = self.residual + self.layer_scale * sum(self.times[s["key"]] for s in sigs.values())
+        return self.t0 / max(t, 1e-9) * (self.q_speed if quantized else 1.0)
+
+    # ---------------------------------------------------------------- the search
+    def run(self, model: Model) -> PassResult:
+        from onnxprune.cost import model_cost
+
+        o, ctx = self.o, self.ctx
+        calib = ctx.require_data("auto", "the budget search")
+        self.original = model.to_onnx()
+        self.ev = ctx.evaluator if ctx.evaluator is not None else Evaluator(self.original, calib, threads=ctx.target.threads)
+        self.base = self.ev.baseline()
+        self.scale = 100.0 if self.ev.metric in ("accuracy", "agreement") else 1.0
+        self.budget = o.max_drop if self.scale == 100.0 else max(self.base - o.min_cosine, 0.0)
+        self.objective, self.target = o.target()
+        self.feed = batch1_feed(ctx)
+        self.f0 = model_cost(self.original, inputs=ctx.input_shapes).flops
+        self.s0 = self.original.ByteSize()
+        self.settings = SweepSettings(families=tuple(m for m in ("prune", "lowrank") if m in o.methods) or ("prune",),
+                                      ratios=o.ratios, fractions=o.fractions, criterion=o.criterion,
+                                      reconstruct=o.reconstruct, round_to=o.round_to, protect=o.protect,
+                                      samples=o.samples)
+        self.round_to = round_to_of(ctx, self.settings)
+        self.times: dict[str, float] | None = None
+        self.layer_scale, self.residual = 1.0, 0.0
+        self.q_speed, self.q_drop, self.q_factor = 1.0, 0.0, 1.0
+        use_q = self.quantize_step()
+        start = self.measure("original", self.original, {}, {"predicted_speedup": 1.0})
+        self.t0 = start["original_ms"]
+        float_families = [m for m in ("prune", "lowrank") if m in o.methods]
+        kn: list[Knob] = []
+        sens: dict[str, Any] = {}
+        if float_families:
+            t = time.perf_counter()
+            table = sweep(self.original, ctx, self.settings, workers=o.workers, executor=o.executor)
+            sens = {"seconds": round(time.perf_counter() - t, 2), "cached": table["cached"], "key": table["key"],
+                    "candidates": len(table["candidates"]), "backend": prune_backend(self.settings),
+                    "sweep": table["sweep"], "notes": table["notes"], "samples": table["samples"],
+                    "unit": table["unit"], "rows": [{k: r.get(k) for k in ("family", "key", "level", "kept", "channels",
+                                                                          "ok", "drop", "why")}
+                                                    for r in table["candidates"]], "plot": curves_svg(table)}
+            self.ops = {r["key"]: r["op"] for r in table["candidates"] if r["family"] == "lowrank"}
+            if self.objective == "latency":
+                self.times, timed = layer_times(table, ctx)
+                base_layers = sum(self.times.get(k, 0.0) for k in table["base"]["sigs"].values())
+                # t(model) = residual + Σ layer times; one-node models pay a launch each, so
+                # on tiny models their sum can exceed the whole: then scale them to fit.
+                self.layer_scale = min(1.0, self.t0 / base_layers) if base_layers > 0 else 1.0
+                self.residual = self.t0 - self.layer_scale * base_layers
+                sens["latency_model"] = {"original_ms": round(self.t0, 4), "layers_ms": round(base_layers, 4),
+                                         "residual_ms": round(self.residual, 4), "layer_scale": round(self.layer_scale, 4),
+                                         "signatures_timed_now": timed,
+                                         "signatures": len(table["signatures"])}
+            kn = knobs(table, self.objective, self.times)
+            if self.objective == "latency":
+                kn = [Knob(k.key, tuple(Choice(c.level, c.loss, c.gain * self.layer_scale) for c in k.choices)) for k in kn]
+        else:
+            self.ops = {}
+        best = self.search(kn, use_q)
+        return self.finish(model, best, sens, use_q)
+
+    def quantize_step(self) -> bool:
+        o = self.o
+        if "quantize" not in o.methods:
+            return False
+        fields = pass_fields("quantize")
+        if fields is None:
+            self.notes.append("methods includes quantize but no quantize pass is registered: left out")
+            return False
+        if o.quantize_mode and "mode" in fields:
+            self.qspec = f"quantize:mode={o.quantize_mode}"
+        else:
+            self.qspec = "quantize"
+        try:
+            q = self.build({}, True)[1]
+        except Exception as exc:  # quantization refused (unsupported ops ...): the float search goes on
+            self.notes.append(f"quantize failed on the original: {type(exc).__name__}: {str(exc)[:160]}")
+            return False
+        p = self.measure("quantize only", q, {}, {"predicted_speedup": None})
+        self.q_speed, self.q_drop = p["speedup"], max(p["drop"], 0.0)
+        self.q_factor = 1.0 if self.objective == "flops" else self.achieved(p)
+        if p["drop"] > self.budget:
+            self.notes.append(f"quantization alone drops {p['drop']:.3f} > budget {self.budget:g}: left out")
+            return False
+        return True
+
+    def need_for(self, factor: float) -> float:
+        """Gain the allocation must predict for an overall factor (after quantization's)."""
+        rest = factor / max(self.q_factor, 1e-6)
+        if rest <= 1.0:
+            return 0.0
+        base = {"latency": getattr(self, "t0", 0.0), "flops": self.f0, "size": self.s0}[self.objective]
+        return base - base / rest
+
+    def search(self, kn: list[Knob], use_q: bool) -> dict[str, Any] | None:
+        o = self.o
+        loss_budget = max(self.budget - (self.q_drop if use_q else 0.0), 0.0)
+        factor = self.target  # the factor the allocation aims at; raised when measurements fall short
+        loss_scale = 1.0
+        tried: set[tuple[tuple[str, float], ...]] = set()
+        for rnd in range(o.rounds):
+            scaled = [Knob(k.key, tuple(Choice(c.level, c.loss * loss_scale, c.gain) for c in k.choices)) for k in kn]
+            alloc = min_loss(scaled, self.need_for(factor), max_loss=loss_budget) if kn else None
+            mode = "min-loss at target"
+            if alloc is None:
+                alloc = max_gain(scaled, loss_budget) if kn else None
+                mode = "max-gain within budget (target predicted out of reach)"
+            levels = dict(alloc.levels) if alloc else {}
+            sig = tuple(sorted(levels.items()))
+            if sig in tried and not (use_q and rnd == 0):
+                self.notes.append(f"round {rnd + 1}: allocation repeats an earlier one; search stops")
+                break
+            tried.add(sig)
+            fp, proto = self.build(levels, use_q)
+            pred = {"predicted_speedup": self.predict(fp, use_q),
+                    "predicted_loss": (alloc.loss / loss_scale if alloc else 0.0) + (self.q_drop if use_q else 0.0),
+                    "mode": mode, "round": rnd + 1}
+            p = self.measure(f"round {rnd + 1}", proto, levels, pred)
+            p["_proto"] = proto
+            if p["holds_quality"] and p["meets_target"]:
+                return p
+            if not p["holds_quality"]:
+                predicted = max(pred["predicted_loss"] - (self.q_drop if use_q else 0.0), 1e-6)
+                measured = max(p["drop"] - (self.q_drop if use_q else 0.0), 0.0)
+                loss_scale *= max(measured / predicted, 1.25)
+                factor = min(factor, max(p["speedup"] if self.objective == "latency" else self.achieved(p), 1.0))
+            else:
+                factor *= max(self.target / max(self.achieved(p), 1e-6), 1.02)
+        return None
+
+    def finish(self, model: Model, best: dict[str, Any] | None, sens: dict[str, Any], use_q: bool) -> PassResult:
+        from onnxprune.plots import scatter
+
+        met = best is not None
+        if best is None:
+            ok = [p for p in self.points if p["holds_quality"] and "_proto" in p]
+            best = max(ok, key=lambda p: (self.achieved(p), -p["drop"])) if ok else None
+        proto = best["_proto"] if best is not None else self.original
+        modified = best is not None and proto is not self.original
+        if modified:
+            model.reset(proto)
+        pts = [{k: v for k, v in p.items() if k != "_proto"} for p in self.points]
+        chosen = None if best is None else {k: v for k, v in best.items() if k != "_proto"}
+        x = [(p["speedup"], p["drop"]) for p in pts]
+        front = _pareto([(p["speedup"], p["drop"]) for p in pts])
+        plots = {
+            "sensitivity": sens.pop("plot", None),
+            "pareto_latency": scatter(x, front=front, highlight=[(chosen["speedup"], chosen["drop"])] if chosen else [],
+                                      title="every evaluated point: measured speed-up vs drop",
+                                      xlabel="measured speed-up (x)", ylabel="drop"),
+            "pareto_size": scatter([(p["size_bytes"] / 1e6, p["drop"]) for p in pts],
+                                   front=_pareto([(-p["size_bytes"] / 1e6, p["drop"]) for p in pts], neg=True),
+                                   highlight=[(chosen["size_bytes"] / 1e6, chosen["drop"])] if chosen else [],
+                                   title="size vs drop", xlabel="size (MB)", ylabel="drop"),
+            "predicted_vs_measured": scatter([(p["predicted_speedup"], p["speedup"]) for p in pts
+                                              if p.get("predicted_speedup")],
+                                             title="predicted vs measured speed-up", xlabel="predicted", ylabel="measured"),
+        }
+        stats: dict[str, Any] = {
+            "objective": self.objective, "target": self.target, "metric": self.ev.metric, "baseline": self.base,
+            "budget": self.budget, "budget_unit": "points of top-1" if self.scale == 100.0 else "cosine",
+            "methods": list(self.o.methods), "quantize": {"used": use_q, "speedup": self.q_speed, "drop": self.q_drop},
+            "target_met": met, "chosen": chosen, "points": pts, "sensitivity": sens, "notes": self.notes,
+            "search_seconds": round(time.perf_counter() - self.t_start, 2), "plots": plots,
+            "allocation": "multiple-choice knapsack, exact DP over the discretised gain (see onnxprune.allocate)",
+        }
+        if not met and self.o.on_miss == "error":
+            what = f"{self.objective} x{self.target:g} within a drop of {self.budget:g}"
+            got = "" if chosen is None else f"; best point: x{self.achieved(chosen):.3f} at drop {chosen['drop']:.3f}"
+            err = QualityError(f"pass auto: cannot reach {what}{got}")
+            err.stats = stats  # type: ignore[attr-defined]
+            err.best_model = proto if modified else None  # type: ignore[attr-defined]
+            raise err
+        return PassResult(modified, stats)
+
+
+def _pareto(points: list[tuple[float, float]], neg: bool = False) -> list[tuple[float, float]]:
+    """Points not dominated (higher x and lower y is better); ``neg`` undoes a negated x."""
+    front = []
+    for x, y in sorted(points, key=lambda p: (-p[0], p[1])):
+        if not front or y < front[-1][1] - 1e-12:
+            front.append((x, y))
+    return [(-x, y) for x, y in front] if neg else front
+
+
+def auto(model: onnx.ModelProto, ctx: PassContext, **options: Any) -> onnx.ModelProto:
+    """Library twin: ``auto(proto, ctx, speedup=1.5, max_drop=1.0)`` (ctx carries the calibration data)."""
+    from onnxprune.api import run_passes
+
+    out, _ = run_passes(model, [AutoCompress(Options(**options))], ctx=ctx)
+    return out
