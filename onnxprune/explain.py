@@ -1,4 +1,9 @@
-"""``onnxprune explain MODEL``: the channel groups of a model, what can be pruned and why not."""
+"""``onnxprune explain MODEL``: the channel groups of a model, what can be pruned and why not.
+
+Errors follow the CLI's codes: a model the analysis cannot handle because of control
+flow (If/Loop/Scan subgraphs) is unsupported (exit 6, one line); any other crash of the
+analysis is a bug (exit 1). ``--json`` is checked writable before the analysis runs.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,15 +11,27 @@ import json
 import sys
 from typing import Any, Sequence
 
-from onnxprune.errors import UsageError
+from onnxprune.errors import OnnxPruneError, UnsupportedError, UsageError
 
 
 def explain_model(path: str, protect: Sequence[str] = ()) -> dict[str, Any]:
     from onnxprune.channels import analyze
     from onnxprune.model import Model, load_model
 
-    model = Model(load_model(path))
-    return analyze(model, protect).to_dict()
+    proto = load_model(path)
+    model = Model(proto)
+    try:
+        return analyze(model, protect).to_dict()
+    except OnnxPruneError:
+        raise
+    except Exception as exc:
+        from onnxprune.validate import control_flow_nodes
+
+        flow = control_flow_nodes(proto)
+        if flow:
+            raise UnsupportedError(f"{path}: the channel analysis cannot handle control flow ({flow[0].op_type} node "
+                                   f"{flow[0].name!r}): {type(exc).__name__}: {exc}") from exc
+        raise
 
 
 def render(info: dict[str, Any], show_all: bool = False) -> str:
@@ -45,9 +62,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--all", action="store_true", help="also list groups with no prunable source")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.json:
+        from pathlib import Path
+
+        from onnxprune.cli import check_writable
+
+        check_writable(Path(args.json), "--json")
     info = explain_model(args.model, [s for s in args.protect.split("|") if s])
     sys.stdout.write(render(info, args.all))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(info, fh, indent=2)
+        from onnxprune.report import write_text
+
+        write_text(json.dumps(info, indent=2) + "\n", args.json)
     return 0

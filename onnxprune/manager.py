@@ -177,14 +177,20 @@ def _coerce(pass_name: str, key: str, text: str, hint: Any) -> Any:
         if hint is float:
             number = float(text)
             if not math.isfinite(number):  # nan slips through every range check
-                raise UsageError(f"pass {pass_name}: {key} must be a finite number, got {text!r}")
+                return _not_finite(pass_name, key, text)
             return number
         if hint is str:
             return text
+    except UsageError:
+        raise
     except ValueError:
         kind = getattr(hint, "__name__", str(hint))
         raise UsageError(f"pass {pass_name}: {key} must be {kind}, got {text!r}") from None
     raise UsageError(f"pass {pass_name}: option {key} cannot be set from the command line")
+
+
+def _not_finite(pass_name: str, key: str, text: str) -> Any:
+    raise UsageError(f"pass {pass_name}: {key} must be a finite number, got {text!r}")
 
 
 def check_range(pass_name: str, key: str, value: float, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
