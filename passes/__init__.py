@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from onnxprune.passes.cp import CPDecompose
 from onnxprune.passes.diagonal import DiagonalApproximate
+from onnxprune.passes.equalize import Equalize
 from onnxprune.passes.fold_bn import FoldBatchNorm
+from onnxprune.passes.fp16 import Float16
 from onnxprune.passes.lowrank import LowRankFactorize
 from onnxprune.passes.prune_channels import PruneChannels
+from onnxprune.passes.quantize import Quantize
 from onnxprune.passes.spatial_svd import SpatialSVDDecompose
 from onnxprune.passes.tucker import TuckerDecompose
 
@@ -19,6 +22,9 @@ PASSES: list[type[Pass]] = [
     SpatialSVDDecompose,
     LowRankFactorize,
     DiagonalApproximate,
+    Equalize,
+    Quantize,
+    Float16,
 ]
 
 REGISTRY = Registry(PASSES)
