@@ -58,7 +58,8 @@ def prepare_data(original: onnx.ModelProto, *, data: str | os.PathLike[str] | No
                  calib_limit: int | None = None, limit: int | None = None, batch_size: int = 1, seed: int = 0,
                  samples: int = 8, input_shapes: str | Sequence[str] | dict[str, tuple[int, ...]] | None = None,
                  target: str = "auto", threads: int = 1, cache_dir: str | os.PathLike[str] | None = None,
-                 workers: int = 1, progress: bool = False, need_eval: bool = True) -> DataPlan:
+                 workers: int = 1, progress: bool = False, need_eval: bool = True,
+                 tokenizer: str | os.PathLike[str] | None = None) -> DataPlan:
     """Load and split the data of a run into a pass context and an evaluation set.
 
     * ``calib`` and ``data``: calibration from ``calib`` (at most ``calib_limit``),
@@ -67,6 +68,9 @@ def prepare_data(original: onnx.ModelProto, *, data: str | os.PathLike[str] | No
     * only ``data``: a seeded split, ``calib_limit`` (default 256, at most half) for
       calibration and the rest for evaluation.
     * neither: random data at the given input shapes; the report says the check is weak.
+
+    ``tokenizer`` (a ``tokenizer.json``) makes ``.txt`` data (one sentence a line) token
+    arrays for a text encoder (:mod:`onnxprune.text`).
     """
     from onnxprune.data import (
         batch_step,
@@ -91,10 +95,10 @@ def prepare_data(original: onnx.ModelProto, *, data: str | os.PathLike[str] | No
     evaluation = None
     if calib is not None:
         calib_ds = load_dataset(original, calib, recipe=rec, labels=None, limit=n_calib, batch_size=batch_size,
-                                seed=seed, progress=progress)
+                                seed=seed, progress=progress, tokenizer=tokenizer, shapes=shapes)
         if data is not None and need_eval:
             evaluation = load_dataset(original, data, recipe=rec, labels=labels, limit=limit, batch_size=batch_size,
-                                      seed=seed, progress=progress)
+                                      seed=seed, progress=progress, tokenizer=tokenizer, shapes=shapes)
             seen = set(_sample_hashes(calib_ds))
             keep = np.array([i for i, h in enumerate(_sample_hashes(evaluation)) if h not in seen], dtype=np.int64)
             dropped = evaluation.n_samples - len(keep)
@@ -107,7 +111,7 @@ def prepare_data(original: onnx.ModelProto, *, data: str | os.PathLike[str] | No
         report["split"] = "separate --calib and --data"
     elif data is not None:
         full = load_dataset(original, data, recipe=rec, labels=labels, limit=limit, batch_size=batch_size,
-                            seed=seed, progress=progress)
+                            seed=seed, progress=progress, tokenizer=tokenizer, shapes=shapes)
         calib_ds, evaluation = split_dataset(full, n_calib, seed=seed, batch_size=step)
         report["split"] = {"from": full.source, "calibration": calib_ds.n_samples, "evaluation": evaluation.n_samples,
                            "seed": seed, "disjoint": True}

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the shapes the model runs at, for dynamic dims (e.g. input:1x3x736x1280): random data, "
                         "cost, latency guard and validation use them")
     g.add_argument("--labels", help="labels file for IDX data")
+    g.add_argument("--tokenizer", help="tokenizer.json for text data (.txt, one sentence a line); length: --input-shape")
     g.add_argument("--recipe", help="image preprocessing: a preset (torchvision, caffe-bgr, efficientnet-lite, raw255) "
                                     "optionally followed by ,key=value overrides")
     g.add_argument("--limit", type=int, help="use at most N samples")
@@ -301,7 +302,7 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
                         calib_limit=args.calib_limit, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
                         samples=args.samples, input_shapes=args.input_shape, target=args.target, threads=args.threads,
                         cache_dir=args.cache_dir, workers=args.workers, progress=prog.enabled,
-                        need_eval=not args.no_validate)
+                        need_eval=not args.no_validate, tokenizer=args.tokenizer)
     ctx = plan.ctx
     check_finite(ctx.calib, "calibration data")
     check_finite(plan.evaluation, "evaluation data")

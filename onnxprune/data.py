@@ -12,6 +12,8 @@ Sources (``load_dataset``):
   with a :class:`Recipe` through Pillow.
 * MNIST-style IDX files (``*-idx3-ubyte[.gz]``), reshaped to the model's input; the
   matching ``*-labels-idx1-ubyte[.gz]`` beside it supplies labels.
+* ``.txt``: one sentence a line, tokenised with ``tokenizer`` (a ``tokenizer.json``) for
+  text encoders (:mod:`onnxprune.text`).
 
 Axis 0 of every input is the sample axis.  A fixed leading dim k batches samples k at
 a time (so a fixed batch of 1 wins over ``batch_size``); a symbolic one takes
@@ -111,6 +113,7 @@ def load_dataset(
     seed: int = 0,
     progress: bool = False,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    tokenizer: str | Path | None = None,
 ) -> Dataset:
     """Load ``data`` as batches for ``model``'s inputs; raise DataError when it does not fit.
 
@@ -148,10 +151,15 @@ def load_dataset(
             raise UsageError(f"a preprocessing recipe applies to image data only, not to {path.suffix} arrays")
         arrays, found, what = _load_numpy(specs, path)
         total = None
+    elif path.suffix.lower() == ".txt":  # one sentence a line, tokenised (onnxprune.text)
+        from onnxprune.text import load_text
+
+        length = next((int(v[1]) for v in (shapes or {}).values() if len(v) >= 2), None)
+        arrays, found, what, total = load_text(specs, path, tokenizer, max_length=length, limit=limit), None, "text", None
     else:
         raise DataError(
             f"data {path}: unsupported kind; expected .npz, .npy, a folder of images, "
-            "an image file or IDX (*-idx3-ubyte[.gz])"
+            "an image file, IDX (*-idx3-ubyte[.gz]) or a .txt of sentences (with --tokenizer)"
         )
     arrays = {s.name: _fit(s, arrays[s.name]) for s in specs}
     n = _count_samples(specs, arrays)

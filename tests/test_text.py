@@ -1,0 +1,99 @@
+"""Text input: a file of sentences, tokenised with a tokenizer.json built here (WordLevel), round trip
+through load_dataset / prepare_data, inputs mapped by name, length from the model or --input-shape."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxprune.api import prepare_data
+from onnxprune.data import load_dataset, stacked
+from onnxprune.errors import DataError, UsageError
+from onnxprune.model import normalize
+from onnxprune.testing import make_model, run, vinfo
+
+tokenizers = pytest.importorskip("tokenizers")
+
+VOCAB = {"[PAD]": 0, "[UNK]": 1, "the": 2, "cat": 3, "sat": 4, "on": 5, "mat": 6, "a": 7, "dog": 8, "ran": 9}
+SENTENCES = ["the cat sat on the mat", "a dog ran", "", "the dog sat on a cat mat", "unknownword cat"]
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    tok = Tokenizer(WordLevel(VOCAB, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()
+    tok_path = tmp_path / "tokenizer.json"
+    tok.save(str(tok_path))
+    text = tmp_path / "sentences.txt"
+    text.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    return text, tok_path
+
+
+def encoder(seq: int | str = "seq", names=("input_ids", "attention_mask", "token_type_ids"),
+            dtype: int = TensorProto.INT64) -> onnx.ModelProto:
+    """ids, mask, types ─Cast─▶ float ─Add─▶ Y   (a stand-in text encoder that echoes its inputs)"""
+    nodes = [helper.make_node("Cast", [n], [f"{n}_f"], to=TensorProto.FLOAT) for n in names]
+    nodes.append(helper.make_node("Sum", [f"{n}_f" for n in names], ["Y"]))
+    return normalize(make_model(nodes, [vinfo(n, ["batch", seq], dtype) for n in names], [vinfo("Y", None)]))
+
+
+def expected_ids(sentence: str, length: int) -> list[int]:
+    ids = [VOCAB.get(w, 1) for w in sentence.split()][:length]
+    return ids + [0] * (length - len(ids))
+
+
+def test_round_trip(files):
+    text, tok = files
+    ds = load_dataset(encoder(), text, tokenizer=tok, batch_size=2)
+    arrays = stacked(ds)
+    real = [s for s in SENTENCES if s]
+    assert ds.n_samples == len(real) == 4 and len(ds.batches) == 2  # the blank line is skipped
+    assert arrays["input_ids"].shape == (4, 128) and arrays["input_ids"].dtype == np.int64
+    for i, s in enumerate(real):
+        assert arrays["input_ids"][i].tolist() == expected_ids(s, 128)
+        assert arrays["attention_mask"][i].tolist() == [1] * len(s.split()) + [0] * (128 - len(s.split()))
+    assert not arrays["token_type_ids"].any()
+    # The loaded batches run through the model.
+    out = run(encoder(), ds.batches[0])[0]
+    assert out.shape == (2, 128)
+
+
+def test_length_from_fixed_dim_and_from_input_shape(files):
+    text, tok = files
+    ds = load_dataset(encoder(seq=4), text, tokenizer=tok)
+    assert stacked(ds)["input_ids"][0].tolist() == expected_ids(SENTENCES[0], 4)  # truncated to the fixed 4
+    plan = prepare_data(encoder(), data=text, tokenizer=tok, input_shapes=["input_ids:1x8"], calib_limit=2)
+    assert plan.ctx.has_data and plan.ctx.calib.batches[0]["input_ids"].shape == (1, 8)
+    assert plan.ctx.calib.n_samples == 2 and plan.evaluation.n_samples == 2
+
+
+def test_int32_inputs_and_subset_of_names(files):
+    text, tok = files
+    ds = load_dataset(encoder(names=("input_ids", "attention_mask"), dtype=TensorProto.INT32), text, tokenizer=tok)
+    arrays = stacked(ds)
+    assert set(arrays) == {"input_ids", "attention_mask"} and arrays["input_ids"].dtype == np.int32
+
+
+def test_errors(files, tmp_path):
+    text, tok = files
+    with pytest.raises(UsageError, match="--tokenizer"):
+        load_dataset(encoder(), text)
+    with pytest.raises(DataError, match="pixel_values"):
+        load_dataset(encoder(names=("input_ids", "pixel_values")), text, tokenizer=tok)
+    with pytest.raises(DataError, match="no such file"):
+        load_dataset(encoder(), text, tokenizer=tmp_path / "missing.json")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no sentences"):
+        load_dataset(encoder(), empty, tokenizer=tok)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(DataError, match="cannot read"):
+        load_dataset(encoder(), text, tokenizer=bad)
