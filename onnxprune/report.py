@@ -170,10 +170,16 @@ def tables(report: dict[str, Any], *, detail: bool = False) -> list[Table]:
                  if isinstance(v, (int, float, str)) and not isinstance(v, bool) or k in ("folded", "reverted")}
         stats = dict(list(stats.items())[:8 if detail else 6])
         cost = p.get("cost_after") or {}
-        prows.append([p.get("name", "?"), "yes" if p.get("modified") else "no", _si(cost.get("flops")),
-                      _si(cost.get("params")), f"{_g(p.get('seconds', 0), '.2f')}s", _fmt(stats)])
+        row = [p.get("name", "?"), "yes" if p.get("modified") else "no", _si(cost.get("flops")),
+               _si(cost.get("params")), f"{_g(p.get('seconds', 0), '.2f')}s", _fmt(stats)]
+        if detail:
+            row.insert(1, _fmt(_asked(p)) or "(defaults)")
+        prows.append(row)
     if prows:
-        out.append(("Passes", ["pass", "modified", "FLOPs after", "params after", "time", "stats"], prows))
+        header = ["pass", "modified", "FLOPs after", "params after", "time", "stats"]
+        if detail:
+            header.insert(1, "options set")
+        out.append(("Passes", header, prows))
     out += _validation_tables(report)
     if detail:
         out += _pass_detail_tables(report)
@@ -181,6 +187,20 @@ def tables(report: dict[str, Any], *, detail: bool = False) -> list[Table]:
         if layer is not None:
             out.append(layer)
     return out
+
+
+def _asked(p: dict[str, Any]) -> dict[str, Any]:
+    """The options of a pass record that differ from the pass's defaults (what the user asked)."""
+    options = p.get("options") or {}
+    try:
+        from onnxprune.manager import option_docs
+        from onnxprune.passes import REGISTRY
+
+        defaults = {d.key.replace("-", "_"): d.default for d in option_docs(REGISTRY.get(str(p.get("name"))))}
+    except Exception:  # a report of a pass this build does not know: show every option
+        return dict(options)
+    norm = {k: (list(v) if isinstance(v, tuple) else v) for k, v in defaults.items()}
+    return {k: v for k, v in options.items() if k not in norm or norm[k] != v}
 
 
 def _data_tables(report: dict[str, Any]) -> list[Table]:
