@@ -248,6 +248,28 @@ def _parafac(
     return np.asarray(weights), [np.asarray(f) for f in factors]
 
 
+def cp_error_lower_bound(W: np.ndarray, rank: int) -> float:
+    """A lower bound on ``||W - W_cp|| / ||W||`` for *every* rank-``R`` CP of ``W``, from SVDs only.
+
+    A CP of rank R has every unfolding of matrix rank <= R, so its error is at least that of
+    the best rank-R approximation of each unfolding (Eckart-Young)::
+
+        ||W - W_cp||_F >= max_n sqrt(sum_{j > R} s_j(W_(n))^2)
+
+    Cheap (four small SVDs) next to ALS, and it settles ``max-error`` for kernels that are
+    far from low CP rank without running ALS at all.
+    """
+    W64, _ = _kernel(W)
+    norm = float(np.linalg.norm(W64))
+    if norm == 0.0:
+        return 0.0
+    worst = 0.0
+    for mode in range(W64.ndim):
+        s = np.linalg.svd(_unfold(W64, mode), compute_uv=False)
+        worst = max(worst, float(np.sqrt(np.sum(s[int(rank):] ** 2))))
+    return worst / norm
+
+
 def reconstruct_cp(f: CPFactors) -> np.ndarray:
     """``W[o,i,y,x] = sum_r last[o,r] first[r,i] vertical[r,y] horizontal[r,x]``."""
     return np.einsum(
