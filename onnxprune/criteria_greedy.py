@@ -1,4 +1,4 @@
-"""Greedy data criteria: ``thinet`` (Luo et al. 2017) and ``car`` (Abbasi-Asl & Yu 2017).
+"""Greedy data criteria: ``thinet`` (Luo et al. 2017), ``thinet-ls`` and ``car`` (Abbasi-Asl & Yu 2017).
 
 Both read the calibration data and rank a group's atoms by a greedy removal order:
 the first atom removed gets the lowest score. Scores are cumulative losses on an
@@ -28,6 +28,18 @@ would exceed ``THINET_MAX_VARS`` variables (or of other kinds) are skipped; a gr
 with none measured falls back to l1 (scaled to the median measured group) and is
 counted in the stats.
 
+``thinet-ls``. The same greedy on the loss left after the consumers are refit by ridge
+least squares on the kept variables, with an intercept (what ``reconstruct=ls`` then
+does): backward elimination on the inverse of ``A = [X 1]ᵀ[X 1] + λ`` (λ = ``THINET_RIDGE``
+· mean diag XᵀX, the intercept unpenalised) and the refit weights B = A⁻¹[X 1]ᵀXW.
+Removing the variables S of an atom raises the ridge objective by
+
+    Δ(S) = tr(B_Sᵀ (A⁻¹)_SS⁻¹ B_S),   then   B ← B − A⁻¹_:S (A⁻¹)_SS⁻¹ B_S,   A⁻¹ ← A⁻¹ − A⁻¹_:S (A⁻¹)_SS⁻¹ A⁻¹_S:
+
+divided by the consumer's centred output energy. A channel that is a linear combination
+of the others costs (almost) nothing here and is removed first; plain ``thinet`` charges
+it its whole contribution.
+
 ``car``. The loss of an atom set T is the drop of the evaluator's metric on the
 calibration data when T's channels are zeroed: with labels, accuracy (+ the cosine
 fidelity drop / (4·n) as a tie-break below one sample), without labels the cosine
@@ -38,6 +50,8 @@ serves every candidate. Bounded: per group only the ``CAR_FRACTION`` lowest atom
 rounds (each round evaluates every remaining candidate on top of the removals so far
 and removes the best 1/rounds-left of them; rounds ≥ candidates is the exact greedy),
 and the candidate counts shrink until the whole sweep fits ``CAR_MAX_EVALUATIONS``.
+Each evaluation runs a seeded subset of ``CAR_MAX_SAMPLES`` calibration samples (one
+evaluation costs that many forward passes; mobilenetv2 on one core, about 2 s).
 Groups are independent tasks for :func:`onnxprune.executor.run_tasks` on
 ``ctx.workers`` processes. Atoms not evaluated score above every evaluated one, in
 preselect order.
@@ -79,12 +93,15 @@ log = logging.getLogger(__name__)
 THINET_ROWS_PER_SAMPLE = 64
 #: consumers with more input variables (C·kh·kw) than this are not measured (G is V×V float64).
 THINET_MAX_VARS = 4608
+#: thinet-ls: λ = ridge · mean(diag XᵀX), as in :mod:`onnxprune.reconstruct`.
+THINET_RIDGE = 1e-3
 #: cheap criterion that picks CAR's candidates.
 CAR_PRESELECT = "l1"
 CAR_FRACTION = 0.2
 CAR_MAX_CANDIDATES = 16
 CAR_ROUNDS = 4
-CAR_MAX_EVALUATIONS = 400
+CAR_MAX_EVALUATIONS = 240
+CAR_MAX_SAMPLES = 64
 
 _TINY = 1e-12  # keeps the greedy order strict where losses tie
 
@@ -226,9 +243,89 @@ def greedy_energy(m: np.ndarray, prunable: list[int]) -> tuple[list[int], list[f
     return order, losses
 
 
-def thinet_scores(analysis: Analysis, model: Model, ctx: PassContext) -> tuple[np.ndarray, dict[str, Any]]:
+class _Refit:
+    """One consumer's least-squares state over its active input variables (and an intercept):
+    ``ginv`` the inverse of the ridge-regularised ``[X 1]ᵀ[X 1]``, ``b`` the refit weights."""
+
+    def __init__(self, c: _Consumer, local_of_var: np.ndarray, ridge: float) -> None:
+        g = c.gram
+        assert g.xtx is not None and g.xsum is not None
+        v = len(g.xtx)
+        a = np.empty((v + 1, v + 1))
+        a[:v, :v], a[:v, v], a[v, :v], a[v, v] = g.xtx, g.xsum, g.xsum, g.rows
+        reg = a.copy()
+        reg[np.arange(v), np.arange(v)] += ridge * float(np.mean(np.diag(g.xtx)))
+        self.ginv = np.linalg.inv(reg)
+        w = np.vstack([c.weight.astype(np.float64), np.zeros((1, c.weight.shape[1]))])
+        self.b = self.ginv @ (a @ w)
+        cov = g.xtx - np.outer(g.xsum, g.xsum) / max(g.rows, 1)
+        self.energy = float(np.einsum("vo,vo->", cov @ w[:v], w[:v]))
+        blocks: dict[int, list[int]] = {}
+        for var, la in enumerate(local_of_var.tolist()):
+            blocks.setdefault(la, []).append(var)
+        self.blocks = {la: np.asarray(ix) for la, ix in blocks.items()}
+        by_size: dict[int, list[int]] = {}
+        for la, ix in self.blocks.items():
+            by_size.setdefault(len(ix), []).append(la)
+        self.classes = [(np.asarray(sorted(ids)), np.stack([self.blocks[i] for i in sorted(ids)]))
+                        for ids in by_size.values()]
+
+    def deltas(self, cand: np.ndarray) -> np.ndarray:
+        """Increase of the refit error (over output energy) when each candidate atom goes alone."""
+        out = np.zeros(len(cand))
+        for ids, idx in self.classes:
+            keep = np.isin(ids, cand)
+            if not keep.any():
+                continue
+            ids, idx = ids[keep], idx[keep]
+            bb = self.b[idx]  # [m, s, O]
+            if idx.shape[1] == 1:
+                d = (bb[:, 0] ** 2).sum(1) / np.maximum(self.ginv[idx[:, 0], idx[:, 0]], 1e-300)
+            else:
+                gb = self.ginv[idx[:, :, None], idx[:, None, :]]
+                d = np.einsum("mso,mso->m", bb, np.linalg.solve(gb, bb))
+            out[np.searchsorted(cand, ids)] += d / self.energy
+        return out
+
+    def remove(self, la: int) -> None:
+        s = self.blocks.get(la)
+        if s is None:
+            return
+        k = self.ginv[:, s]
+        inv = np.linalg.inv(k[s])
+        self.b -= k @ (inv @ self.b[s])
+        self.ginv -= k @ inv @ k.T
+        self.ginv[s, :] = 0.0
+        self.ginv[:, s] = 0.0
+        self.b[s] = 0.0
+
+
+def greedy_refit(refits: list[_Refit], prunable: list[int]) -> tuple[list[int], list[float]]:
+    """Backward elimination: each step removes the atom whose loss, after refitting every
+    consumer on the rest, grows least (mean over the consumers); order and cumulative loss."""
+    alive = sorted(prunable)
+    order: list[int] = []
+    losses: list[float] = []
+    err = 0.0
+    while alive:
+        cand = np.asarray(alive)
+        total = sum((r.deltas(cand) for r in refits), np.zeros(len(cand))) / len(refits)
+        j = int(np.argmin(total))
+        a = alive.pop(j)
+        err += float(total[j])
+        for r in refits:
+            r.remove(a)
+        order.append(a)
+        losses.append(err)
+    return order, losses
+
+
+def thinet_scores(analysis: Analysis, model: Model, ctx: PassContext, *, refit: bool = False,
+                  ridge: float = THINET_RIDGE) -> tuple[np.ndarray, dict[str, Any]]:
+    """ThiNet scores; ``refit`` ranks by the loss left after a least-squares refit of the consumers."""
     t0 = time.perf_counter()
-    data = ctx.require_data("prune-channels", "criterion=thinet")
+    name = "thinet-ls" if refit else "thinet"
+    data = ctx.require_data("prune-channels", f"criterion={name}")
     scores = np.full(len(analysis.atoms), np.nan)
     nodes = {n.name: n for n in model.graph.nodes}
     consumers: list[_Consumer] = []
@@ -249,30 +346,41 @@ def thinet_scores(analysis: Analysis, model: Model, ctx: PassContext) -> tuple[n
         for (got,) in stream([tap], data):
             for c in consumers:
                 c.gram.update(_rows(c, np.asarray(got[c.term.tensor], dtype=np.float32), rng))
-    per_group: dict[int, list[np.ndarray]] = {}
+    t_stats = time.perf_counter() - t0
+    per_group: dict[int, list[Any]] = {}
     locals_: dict[int, tuple[list[int], dict[int, int]]] = {}
     for c in consumers:
         gid = c.term.group
-        locals_.setdefault(gid, _local(analysis, gid))
-        mat = _atom_matrix(c, analysis, locals_[gid][1])
-        if mat is not None:
-            per_group.setdefault(gid, []).append(mat)
+        atoms, local = locals_.setdefault(gid, _local(analysis, gid))
+        if refit:
+            lv = np.repeat([local[int(a)] for a in analysis.atom_of[c.term.space]], c.k)
+            try:
+                r = _Refit(c, lv, ridge)
+            except np.linalg.LinAlgError:
+                continue
+            if r.energy > 0:
+                per_group.setdefault(gid, []).append(r)
+        else:
+            mat = _atom_matrix(c, analysis, local)
+            if mat is not None:
+                per_group.setdefault(gid, []).append(mat)
     means = []
-    for gid, mats in per_group.items():
+    for gid, items in per_group.items():
         atoms, local = locals_[gid]
         prunable = [local[a] for a in analysis.prunable_atoms(analysis.groups[gid])]
-        order, losses = greedy_energy(np.mean(mats, axis=0), prunable)
+        order, losses = greedy_refit(items, prunable) if refit else greedy_energy(np.mean(items, axis=0), prunable)
         strict = _strict(losses)
         for li, v in zip(order, strict):
             scores[atoms[li]] = v
         means.append(float(np.mean(strict)))
     missing = sorted(wanted - set(per_group))
     _fallback(analysis, scores, missing, float(np.median(means)) if means else 1.0)
-    stats = {"thinet": {
-        "seconds": round(time.perf_counter() - t0, 3), "samples": data.n_samples,
-        "consumers": len(consumers), "rows_per_consumer": max((c.gram.rows for c in consumers), default=0),
+    stats = {name: {
+        "seconds": round(time.perf_counter() - t0, 3), "statistics_seconds": round(t_stats, 3),
+        "samples": data.n_samples, "consumers": len(consumers),
+        "rows_per_consumer": max((c.gram.rows for c in consumers), default=0),
         "accumulator_bytes": sum(c.gram.nbytes for c in consumers), "skipped_consumers": skipped[:20],
-        "groups_measured": len(per_group), "fallback_l1_groups": len(missing)}}
+        "groups_measured": len(per_group), "fallback_l1_groups": len(missing), **({"ridge": ridge} if refit else {})}}
     return scores, stats
 
 
@@ -285,6 +393,17 @@ class ThiNet(ChannelCriterion):
 
     def score(self, analysis: Analysis, model: Model, ctx: PassContext) -> tuple[np.ndarray, dict[str, Any]]:
         return thinet_scores(analysis, model, ctx)
+
+
+@register
+class ThiNetLS(ChannelCriterion):
+    """ThiNet's greedy on the error left after a least-squares refit of the consumers (pairs with reconstruct=ls)."""
+
+    name = "thinet-ls"
+    needs_data = True
+
+    def score(self, analysis: Analysis, model: Model, ctx: PassContext) -> tuple[np.ndarray, dict[str, Any]]:
+        return thinet_scores(analysis, model, ctx, refit=True)
 
 
 # ---------------------------------------------------------------------------- car
@@ -420,16 +539,40 @@ def _car_task(state: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0}
 
 
-def car_scores(analysis: Analysis, model: Model, ctx: PassContext, *, preselect: str = CAR_PRESELECT,
-               fraction: float = CAR_FRACTION, max_candidates: int = CAR_MAX_CANDIDATES, rounds: int = CAR_ROUNDS,
-               max_evaluations: int = CAR_MAX_EVALUATIONS, executor: str = "local") -> tuple[np.ndarray, dict[str, Any]]:
+def _sample(batches: list[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]], labels: np.ndarray | None,
+            limit: int, seed: int) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], np.ndarray | None]:
+    """A seeded subset of ``limit`` samples, in batches of the same size, with their reference outputs."""
+    n = sum(len(next(iter(b.values()))) for b in batches) if batches else 0
+    if n <= limit or not batches or any(np.ndim(v) == 0 for b in batches for v in b.values()):
+        return batches, reference, labels
+    idx = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+    step = len(next(iter(batches[0].values())))
+
+    def pick(parts: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        whole = {k: np.concatenate([np.asarray(p[k]) for p in parts])[idx] for k in parts[0]}
+        return [{k: v[i: i + step] for k, v in whole.items()} for i in range(0, limit, step)]
+
+    return pick(batches), pick(reference), None if labels is None else labels[idx]
+
+
+def car_scores(analysis: Analysis, model: Model, ctx: PassContext, *, preselect: str | None = None,
+               fraction: float | None = None, max_candidates: int | None = None, rounds: int | None = None,
+               max_evaluations: int | None = None, max_samples: int | None = None,
+               executor: str = "local") -> tuple[np.ndarray, dict[str, Any]]:
+    """CAR scores per the module doc; a setting left None takes the module default (read at call time)."""
     from onnxprune.context import Evaluator
     from onnxprune.executor import run_tasks
 
+    preselect = CAR_PRESELECT if preselect is None else preselect
+    fraction = CAR_FRACTION if fraction is None else fraction
+    max_candidates = CAR_MAX_CANDIDATES if max_candidates is None else max_candidates
+    rounds = CAR_ROUNDS if rounds is None else rounds
+    max_evaluations = CAR_MAX_EVALUATIONS if max_evaluations is None else max_evaluations
+    max_samples = CAR_MAX_SAMPLES if max_samples is None else max_samples
     t0 = time.perf_counter()
     data: Dataset = ctx.require_data("prune-channels", "criterion=car")
     ev = ctx.evaluator or Evaluator(model.to_onnx(), data, threads=ctx.target.threads)
-    reference = ev.reference
+    batches, reference, labels = _sample(ev.data.batches, ev.reference, ev.data.labels, max_samples, ctx.seed)
     base, base_stats = get_criterion(preselect).score(analysis, model, ctx)
     terms = terminal_consumers(analysis, model)
     proto, mask_shapes = masked_model(model, [t for ts in terms.values() for t in ts])
@@ -452,9 +595,10 @@ def car_scores(analysis: Analysis, model: Model, ctx: PassContext, *, preselect:
         masks = {a: {mask_name(s): np.asarray(ix, dtype=np.int64) for s, ix in analysis.atoms[a].elements.items()
                      if s in spaces} for a in chosen}
         tasks.append({"group": gid, "candidates": chosen, "masks": masks, "rounds": rounds})
-    shared = {"model": proto.SerializeToString(), "masks": mask_shapes, "batches": ev.data.batches,
-              "labels": ev.data.labels, "reference": reference, "names": list(ev.names), "classifier": ev.classifier,
-              "metric": ev.metric, "threads": 1, "n_samples": ev.data.n_samples}
+    n_samples = sum(len(next(iter(b.values()))) for b in batches) if batches else 0
+    shared = {"model": proto.SerializeToString(), "masks": mask_shapes, "batches": batches,
+              "labels": labels, "reference": reference, "names": list(ev.names), "classifier": ev.classifier,
+              "metric": ev.metric, "threads": 1, "n_samples": n_samples}
     results, sweep = run_tasks(_car_task, tasks, init=_car_init, shared=shared, workers=ctx.workers,
                                executor=executor) if tasks else ([], None)
     scores = np.full(len(analysis.atoms), np.nan)
@@ -474,7 +618,7 @@ def car_scores(analysis: Analysis, model: Model, ctx: PassContext, *, preselect:
         "seconds": round(time.perf_counter() - t0, 3), "evaluations": sum(r["evaluations"] for r in results),
         "sweep": sweep.to_dict() if sweep else None, "groups_evaluated": len(results),
         "candidates": sum(budget.values()), "rounds": rounds, "preselect": preselect,
-        "metric": ev.metric if ev.classifier else "cosine", "samples": ev.data.n_samples,
+        "metric": ev.metric if ev.classifier else "cosine", "samples": n_samples,
         "max_evaluations": max_evaluations, **({"preselect_stats": base_stats} if base_stats else {})}}
     return scores, stats
 

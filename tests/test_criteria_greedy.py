@@ -30,7 +30,7 @@ from onnxprune.testing import make_model, run, vinfo
 N = 24
 
 
-def tiny(seed: int = 0, dead: int | None = None, unused: int | None = None) -> onnx.ModelProto:
+def tiny(seed: int = 0, dead: int | None = None, unused: int | None = None, combo: bool = False) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     w1 = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
     b1 = (rng.standard_normal(6) * 0.1).astype(np.float32)
@@ -40,11 +40,13 @@ def tiny(seed: int = 0, dead: int | None = None, unused: int | None = None) -> o
         b1[dead] = -1.0
     if unused is not None:  # Conv2 reads it with zero weights
         w2[:, unused] = 0.0
+    if combo:  # no Relu, and channel 5 = channel 0 - 2·channel 1 exactly (so each of the three is redundant)
+        w1[5], b1[5] = w1[0] - 2 * w1[1], b1[0] - 2 * b1[1]
     inits = {"w1": w1, "b1": b1, "w2": w2, "b2": (rng.standard_normal(4) * 0.1).astype(np.float32),
              "w3": rng.standard_normal((3, 4)).astype(np.float32), "b3": np.zeros(3, np.float32)}
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Identity" if combo else "Relu", ["c1"], ["r1"], name="relu1"),
         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2"),
         helper.make_node("GlobalAveragePool", ["c2"], ["p"], name="gap"),
         helper.make_node("Flatten", ["p"], ["f"], name="flat"),
@@ -136,6 +138,54 @@ def test_greedy_energy_is_greedy(n, seed):
         assert losses[t] == pytest.approx(best, rel=1e-9, abs=1e-9)
 
 
+def test_thinet_ls_drops_a_linear_combination_first():
+    proto = tiny(9, combo=True)
+    model = Model(proto)
+    analysis = analyze(model)
+    ctx = context(proto, dataset(proto, False))
+    gid = conv1_group(analysis)
+    scores, stats = get_criterion("thinet-ls").score(analysis, model, ctx)  # default ridge: loss ~ ridge
+    order = group_order(analysis, scores, gid)
+    assert channel_of(analysis, gid, order[0]) in (0, 1, 5) and scores[order[0]] < 0.02 * scores[order[1]]
+    assert stats["thinet-ls"]["groups_measured"] == 2
+    scores, _ = cg.thinet_scores(analysis, model, ctx, refit=True, ridge=1e-8)
+    order = group_order(analysis, scores, gid)
+    assert channel_of(analysis, gid, order[0]) in (0, 1, 5) and scores[order[0]] < 1e-6 < 1e-3 < scores[order[1]]
+    raw, _ = get_criterion("thinet").score(analysis, model, ctx)  # without the refit it is not free
+    assert min(raw[a] for a in analysis.prunable_atoms(analysis.groups[gid])) > 1e-3
+
+
+def test_thinet_ls_loss_is_the_ridge_refit_objective():
+    """Oracle: the cumulative loss equals, for every prefix of the order, the increase of
+    min ‖[X_keep 1]θ − XW‖² + λ‖θ_W‖² over its value with every channel, / centred ‖XW‖²."""
+    proto = tiny(4)
+    model = Model(proto)
+    analysis = analyze(model)
+    ds = dataset(proto, False)
+    scores, _ = get_criterion("thinet-ls").score(analysis, model, context(proto, ds))
+    gid = conv1_group(analysis)
+    order = group_order(analysis, scores, gid)
+    tap = Tap(proto, ["r1"])
+    r = np.concatenate([tap.run(b)["r1"] for b in ds.batches]).astype(np.float64)
+    x = r.transpose(0, 2, 3, 1).reshape(-1, 6)
+    w = onnx.numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == "w2"))[:, :, 0, 0].T
+    y = x @ w.astype(np.float64)
+    lam = cg.THINET_RIDGE * float(np.mean(np.diag(x.T @ x)))
+
+    def objective(keep: list[int]) -> float:
+        a = np.hstack([x[:, keep], np.ones((len(x), 1))])
+        reg = a.T @ a + np.diag([lam] * len(keep) + [0.0])
+        theta = np.linalg.solve(reg, a.T @ y)
+        return float(((a @ theta - y) ** 2).sum() + lam * (theta[:-1] ** 2).sum())
+
+    energy = float(((y - y.mean(0)) ** 2).sum())
+    j0 = objective(list(range(6)))
+    for t in range(1, len(order)):
+        gone = {channel_of(analysis, gid, a) for a in order[:t]}
+        want = (objective([c for c in range(6) if c not in gone]) - j0) / energy
+        np.testing.assert_allclose(scores[order[t - 1]], want, rtol=1e-6, atol=1e-9)
+
+
 # ---------------------------------------------------------------------------- car
 
 
@@ -214,7 +264,7 @@ def test_car_workers_are_deterministic():
 # ---------------------------------------------------------------------------- through the pass
 
 
-@pytest.mark.parametrize("criterion", ["car", "thinet"])
+@pytest.mark.parametrize("criterion", ["car", "thinet", "thinet-ls"])
 def test_without_data_one_line_usage_error(criterion):
     with pytest.raises(UsageError) as exc:
         run_passes(tiny(), [f"prune-channels:criterion={criterion}"], ctx=PassContext.empty())
@@ -222,7 +272,7 @@ def test_without_data_one_line_usage_error(criterion):
     assert "\n" not in msg and "calibration data" in msg and criterion in msg
 
 
-@pytest.mark.parametrize("criterion", ["car", "thinet"])
+@pytest.mark.parametrize("criterion", ["car", "thinet", "thinet-ls"])
 def test_pass_prunes_the_dead_channel(criterion):
     proto = tiny(3, dead=2)
     ds = dataset(proto, True)
@@ -235,3 +285,16 @@ def test_pass_prunes_the_dead_channel(criterion):
     x = np.concatenate([b["x"] for b in ds.batches])
     assert run(out, {"x": x})[0].shape == (N, 3)
     assert criterion in records[0].stats
+
+
+def test_car_sample_subset_keeps_reference_and_labels_aligned():
+    proto = tiny(7)
+    ds = dataset(proto, True)
+    ev = Evaluator(proto, ds)
+    batches, reference, labels = cg._sample(ds.batches, ev.reference, ds.labels, 12, seed=3)
+    assert sum(len(b["x"]) for b in batches) == 12 and len(labels) == 12
+    x_all = np.concatenate([b["x"] for b in ds.batches])
+    for b, r in zip(batches, reference):
+        np.testing.assert_allclose(run(proto, b)[0], r["y"], rtol=1e-5, atol=1e-6)
+    chosen = [int(np.flatnonzero((x_all == s).all(axis=(1, 2, 3)))[0]) for b in batches for s in b["x"]]
+    assert chosen == sorted(set(chosen)) and list(ds.labels[chosen]) == list(labels)
