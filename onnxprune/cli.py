@@ -198,7 +198,7 @@ class Progress:
         self.enabled = _isatty(self.stream) if enabled is None else enabled
         self.steps = steps
         self.step = 0
-        self.label = ""
+        self.label = "starting"
         self.detail = ""
         self.t0 = time.perf_counter()
         self._lock = threading.Lock()

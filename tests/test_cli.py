@@ -160,3 +160,167 @@ def test_explain(capsys, model, tmp_path):
     groups = json.loads((tmp_path / "g.json").read_text())["groups"]
     assert any(b["reason"] == "model output" for g in groups for b in g["blocked"])
     _expect_error(capsys, None, ["explain", tmp_path / "nope.onnx"], 3, "no such file")
+
+
+# ---------------------------------------------------------------------------- option docs (item 3)
+
+def test_list_passes_verbose_documents_every_option(capsys):
+    from onnxprune.passes import REGISTRY
+
+    from onnxprune.manager import option_docs
+
+    code, out, _ = _run(capsys, "--list-passes", "-v")
+    assert code == 0
+    for name, cls in REGISTRY.items():
+        assert f"{name}: {cls.summary()}" in out
+        for d in option_docs(cls):
+            assert any(line.strip().startswith(d.key + " ") and d.type in line for line in out.splitlines()), d
+
+
+def test_help_pass(capsys):
+    code, out, _ = _run(capsys, "help", "prune-channels")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("prune-channels: ")
+    ratio = next(line for line in lines if line.strip().startswith("ratio "))
+    assert "float" in ratio and "default 0.3" in ratio
+    rt = next(line for line in lines if line.strip().startswith("round-to "))
+    assert "int or none" in rt and "default none" in rt
+    code, _, err = _run(capsys, "help", "prune-chanels")
+    assert code == 2 and "did you mean 'prune-channels'" in err
+
+
+def test_option_help_conventions():
+    """Help comes from field metadata first, then 'key: text' docstring lines (base classes too)."""
+    from dataclasses import dataclass, field
+
+    from onnxprune.manager import Pass, option_docs
+
+    @dataclass(frozen=True)
+    class Base:
+        """Shared options.
+
+        layers: node-name patterns to rewrite
+        """
+
+        layers: tuple[str, ...] = ()
+
+    @dataclass(frozen=True)
+    class Opts(Base):
+        """Options.
+
+        round-to: keep channel counts a multiple of this
+        """
+
+        ratio: float = field(default=0.3, metadata={"help": "fraction of channels to remove"})
+        round_to: int | None = None
+        mode: str = "a"
+
+    class P(Pass):
+        name = "p"
+        Options = Opts
+
+        def run(self, model, ctx):  # pragma: no cover
+            raise NotImplementedError
+
+    docs = {d.key: d for d in option_docs(P)}
+    assert docs["ratio"].help == "fraction of channels to remove" and docs["ratio"].default == 0.3
+    assert docs["round-to"].help == "keep channel counts a multiple of this" and docs["round-to"].type == "int or none"
+    assert docs["layers"].help == "node-name patterns to rewrite" and docs["layers"].type.startswith("list of str")
+    assert docs["mode"].help == ""
+
+
+def test_readme_pass_table_matches_the_registry(repo_root):
+    """Every registered pass has a row in the README's pass table, and every row is a registered pass."""
+    import re
+
+    from onnxprune.passes import REGISTRY
+
+    text = (repo_root / "README.md").read_text()
+    section = text.split("## Passes", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.M)
+    assert rows == REGISTRY.names(), (rows, REGISTRY.names())
+
+
+def test_readme_exit_codes_match(repo_root):
+    import re
+
+    from onnxprune.errors import EXIT_CODES
+
+    text = (repo_root / "README.md").read_text()
+    section = text.split("### Exit codes", 1)[1].split("\n#", 1)[0]
+    codes = [int(c) for c in re.findall(r"^\| (\d) \|", section, flags=re.M)]
+    assert codes == sorted(EXIT_CODES)
+
+
+# ---------------------------------------------------------------------------- real sizes (item 11)
+
+def test_input_shape_sizes_validation_and_cost(capsys, tmp_path):
+    from tests.test_gate import ocr_model
+
+    p = tmp_path / "dyn.onnx"
+    onnx.save(ocr_model(), p)
+    reps = {}
+    for shape in (None, "x:1x3x32x32", "x:1x3x64x64"):
+        argv = [p, "--passes", "fold-bn", "--latency-runs", "0", "--report", tmp_path / "r.json"]
+        if shape:
+            argv += ["--input-shape", shape]
+        code, out, err = _run(capsys, *argv)
+        assert code == 0, err
+        reps[shape] = json.loads((tmp_path / "r.json").read_text())
+    none = reps[None]
+    assert none["shapes"]["source"].startswith("none given") and none["shapes"]["dynamic_dims"] == ["x[2]", "x[3]"]
+    assert any("dynamic input dims" in w for w in none["warnings"])
+    small, big = reps["x:1x3x32x32"], reps["x:1x3x64x64"]
+    assert small["validation"]["outputs"]["y"]["shape"][1] == 32 and big["validation"]["outputs"]["y"]["shape"][1] == 64
+    assert big["before"]["flops"] == pytest.approx(4 * small["before"]["flops"], rel=0.01)
+    assert "x 1x3x64x64 (from --input-shape)" in big["conventions"]["flops"]
+    assert not any("dynamic input dims" in w for w in big["warnings"])
+
+
+def test_sequence_outputs_get_argmax_agreement(capsys, tmp_path):
+    from tests.test_gate import ocr_model
+
+    p = tmp_path / "dyn.onnx"
+    onnx.save(ocr_model(), p)
+    code, out, err = _run(capsys, p, "--passes", "fold-bn", "--latency-runs", "0", "--input-shape", "x:1x3x8x20")
+    assert code == 0, err
+    assert "per-position argmax agreement=100.00%" in out
+
+
+# ---------------------------------------------------------------------------- quick start (item 2)
+
+def _readme_commands(repo_root: Path) -> list[list[str]]:
+    """The `onnxprune ...` commands of the README's quick start, continuation lines joined."""
+    import shlex
+
+    text = (repo_root / "README.md").read_text()
+    section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    cmds = []
+    for block in section.split("```bash")[1:]:
+        body = block.split("```", 1)[0].replace("\\\n", " ")
+        for line in body.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("onnxprune "):
+                cmds.append(shlex.split(line)[1:])
+    return cmds
+
+
+def test_quick_start_shows_real_validated_compression(capsys, tmp_path, repo_root, monkeypatch):
+    """The README's first command, as a new user runs it: real compression, measured on held-out data."""
+    argv = _readme_commands(repo_root)[0]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").symlink_to(repo_root / "models")
+    code, out, err = _run(capsys, *argv, "--report", "r.json")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "r.json").read_text())
+    modified = [p["name"] for p in rep["passes"] if p["modified"]]
+    assert modified and not any(p["stats"].get("reverted") for p in rep["passes"])
+    assert rep["after"]["size_bytes"] < 0.5 * rep["before"]["size_bytes"]  # real compression ...
+    acc = rep["validation"]["accuracy"]  # ... with its evidence, on data the passes never saw
+    assert acc["n"] == 744 and rep["data"]["split"]["disjoint"] is True
+    assert acc["before"] - acc["after"] <= 0.01
+    assert not rep["warnings"]
+    out_model = tmp_path / argv[argv.index("-o") + 1]
+    onnx.checker.check_model(str(out_model), full_check=True)
+    assert out_model.stat().st_size == rep["after"]["size_bytes"]
