@@ -1,0 +1,496 @@
+"""share-weights: per-layer k-means weight sharing stored as packed b-bit indices (Deep Compression).
+
+Before::  X ─Conv(W: float32[Cout, Cin, kh, kw])─▶ Y
+After::   P: uint8[ceil(n/8), b] ─Cast int32─▶ ─Gather(first)·1 + Gather(second)·256─▶
+          ─Div 2**offset─▶ ─mod 2**b─▶ ─Reshape[-1]─▶ (Slice 0:n) ─Gather(codebook[k])─▶
+          ─Reshape[Cout, Cin, kh, kw]─▶ W' ─▶ Conv(W')─▶ Y
+
+Per layer (Han et al. 2016, section 3): the n weights are clustered into k = 2**b shared
+values by 1-D k-means (Lloyd's algorithm, exact in 1-D on the sorted weights) with
+**linear initialisation**, the k centroids evenly spaced over [min W, max W] as the paper
+recommends (it keeps the rare large weights represented). Each weight is replaced by the
+index of its nearest centroid. When the layer has zeros (after ``prune-weights``) and
+``keep-zeros`` (default), 0 is centroid 0, held fixed, and only the nonzero weights are
+clustered over the other k−1 centroids, so pruned weights stay exactly zero. A layer with
+at most k distinct values is stored losslessly (the codebook is its distinct values).
+
+**Storage.** The indices are packed b bits each into ``uint8`` (:mod:`onnxprune.coding`:
+8 indices per b bytes) next to a float codebook of k values. The decoder above is a
+constant subgraph of Cast/Gather/Mul/Add/Div/(Mod or Div·Mul·Sub)/Reshape/Slice, which
+every opset from 7 has; onnxruntime folds it when it builds the session, so inference
+runs the same dense float kernels as before (latency ratio ≈ 1, measured in
+``docs/benchmarks/deep_compression.md``). The small decoder tables are shared by every
+layer of the same width. Weights per layer: ``ceil(n/8)·b`` bytes + ``4k`` for the
+codebook instead of ``4n``. Layers too small to gain (the decoder's nodes cost a few
+hundred bytes) and biases stay float.
+
+**Bits per layer.** ``bits=b`` for every layer; with ``max-error=e`` a layer whose relative
+weight error ‖W − W'‖ / ‖W‖ exceeds e is retried with one more bit, up to ``max-bits``.
+
+**Reported**, per layer and in total: float bytes before, stored bytes after (indices +
+codebook), the Huffman-coded size of the indices plus codebook (the paper's figure; ONNX
+cannot decode Huffman, so it is not stored), and the serialised model size before/after.
+
+Loading an output with :func:`onnxprune.model.load_model` folds the decoder back into a
+dense float initializer (load-time normalisation): run ``share-weights`` last.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnxprune.passes.prune_weights import WeightTensor, layer_patterns, select_weights
+
+from onnxprune import ir
+from onnxprune.coding import MAX_BITS, huffman_bits, pack_indices, packed_nbytes, unpack_tables
+from onnxprune.context import PassContext
+from onnxprune.errors import UsageError
+from onnxprune.manager import Pass, PassResult, check_range
+from onnxprune.model import Model
+
+#: Rough serialised size of one layer's decoder nodes and tensor headers; a layer is
+#: coded only when its stored form plus this is smaller than the float weight.
+DECODER_OVERHEAD = 800
+
+
+# --------------------------------------------------------------------------- clustering
+
+
+@dataclass(frozen=True)
+class Coded:
+    """One layer's shared weights: ``codebook[codes]`` reshaped is the new weight."""
+
+    codes: np.ndarray  # int64, flat
+    codebook: np.ndarray  # weight dtype, k values
+    bits: int
+    lossless: bool
+    zeros_kept: int
+    scale: np.ndarray | None = None  # per output channel, broadcastable to the weight
+
+    def decode(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The decoded weight, with the decoder's own float arithmetic."""
+        w = self.codebook[self.codes].reshape(shape)
+        return w if self.scale is None else w * self.scale
+
+
+def kmeans_1d(sorted_x: np.ndarray, k: int, iterations: int) -> np.ndarray:
+    """Lloyd's k-means on sorted 1-D data from a linear initialisation; sorted centroids.
+
+    In 1-D the clusters are intervals between midpoints of neighbouring centroids, so each
+    step is a ``searchsorted`` plus prefix sums. An empty cluster keeps its centroid.
+    """
+    x = np.asarray(sorted_x, dtype=np.float64)
+    c = np.linspace(x[0], x[-1], k)
+    prefix = np.concatenate([[0.0], np.cumsum(x)])
+    for _ in range(iterations):
+        edges = np.concatenate([[0], np.searchsorted(x, (c[1:] + c[:-1]) / 2), [x.size]])
+        count = np.diff(edges)
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        new = np.sort(np.where(count > 0, sums / np.maximum(count, 1), c))
+        done = np.allclose(new, c, rtol=0.0, atol=1e-9 * max(float(x[-1] - x[0]), 1e-30))
+        c = new
+        if done:
+            break
+    return c
+
+
+def nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest of the sorted ``centroids`` for each value."""
+    return np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values).astype(np.int64)
+
+
+def channel_scale(w: np.ndarray, axis: int) -> np.ndarray:
+    """max |w| over everything but ``axis`` (1 for an all-zero channel), shaped to broadcast."""
+    axis = axis % w.ndim
+    others = tuple(i for i in range(w.ndim) if i != axis)
+    s = np.abs(w).max(axis=others, keepdims=True) if others else np.abs(w)
+    return np.where(s > 0, s, np.ones((), w.dtype)).astype(w.dtype)
+
+
+def share(w: np.ndarray, bits: int, *, keep_zeros: bool = True, iterations: int = 50,
+          axis: int | None = None) -> Coded:
+    """Cluster ``w`` into at most ``2**bits`` shared values (see the module doc); with
+    ``axis``, of the weights divided by their channel's max |w| along that axis."""
+    flat = w.reshape(-1)
+    k = 1 << bits
+    distinct = np.unique(flat)
+    if distinct.size <= k:
+        used = max(1, int(np.ceil(np.log2(max(distinct.size, 2)))))
+        return Coded(np.searchsorted(distinct, flat).astype(np.int64), distinct.astype(w.dtype), used, True,
+                     int(np.count_nonzero(flat == 0)))
+    scale = None
+    if axis is not None and w.ndim > 1:
+        scale = channel_scale(w, axis)
+        flat = (w.astype(np.float64) / scale).reshape(-1)
+    zero = flat == 0
+    n_zero = int(np.count_nonzero(zero))
+    if keep_zeros and n_zero:
+        rest = flat[~zero].astype(np.float64)
+        centroids = kmeans_1d(np.sort(rest), k - 1, iterations)
+        codes = np.zeros(flat.size, dtype=np.int64)
+        codes[~zero] = 1 + nearest(rest, centroids)
+        codebook = np.concatenate([[0.0], centroids])
+    else:
+        x = flat.astype(np.float64)
+        codebook = kmeans_1d(np.sort(x), k, iterations)
+        codes = nearest(x, codebook)
+        n_zero = 0
+    return Coded(codes, codebook.astype(w.dtype), bits, False, n_zero, scale)
+
+
+def relative_error(w: np.ndarray, approx: np.ndarray) -> float:
+    den = float(np.linalg.norm(w.astype(np.float64)))
+    num = float(np.linalg.norm(w.astype(np.float64) - approx.astype(np.float64)))
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
+# --------------------------------------------------------------------------- error feedback (with data)
+
+
+def as_rows(w: np.ndarray, reader: gs.Node) -> tuple[np.ndarray, bool]:
+    """The weight as ``[outputs, input features]`` in the layout the reader multiplies, and
+    whether that is the transpose of ``w`` (Gemm without transB, MatMul)."""
+    if reader.op == "Conv":
+        return w.reshape(w.shape[0], -1), False
+    if reader.op == "Gemm" and int(reader.attrs.get("transB", 0)):
+        return w, False
+    return w.T, True
+
+
+def gptq_codes(coded: Coded, w: np.ndarray, reader: gs.Node, hessian: np.ndarray, damp: float = 0.01) -> Coded:
+    """Re-pick ``coded``'s indices (same codebook and scales) by optimal-brain-quantization
+    error feedback (GPTQ, Frantar et al. 2023) on the layer's input second moments
+    ``H = XᵀX / rows``: input features are rounded one at a time, largest ``H_jj`` first,
+    and each one's rounding error is pushed onto the features not yet rounded through the
+    Cholesky factor of ``H⁻¹``, so ``‖(W − W')X‖`` rather than ``‖W − W'‖`` is kept small.
+    Zeros held by a fixed zero centroid stay zero (their error is fed forward too)."""
+    rows, transposed = as_rows(w.astype(np.float64), reader)
+    out, d = rows.shape
+    if hessian.shape != (d, d):
+        return coded
+    scale = np.ones(out) if coded.scale is None else coded.scale.astype(np.float64).reshape(-1)
+    if scale.size != out:
+        return coded
+    zero_fixed = coded.zeros_kept > 0 and float(coded.codebook[0]) == 0.0
+    pruned, _ = as_rows(w == 0, reader)
+    book = coded.codebook.astype(np.float64)
+    rest = book[1:] if zero_fixed else book
+    h = np.array(hessian, dtype=np.float64)
+    diag = np.diag(h).copy()
+    dead = np.flatnonzero(diag <= 0)
+    h[dead, dead] = 1.0
+    h += damp * float(np.mean(diag[diag > 0])) * np.eye(d) if np.any(diag > 0) else np.eye(d)
+    perm = np.argsort(-np.diag(h), kind="stable")
+    work = rows[:, perm].copy()
+    try:
+        upper = np.linalg.cholesky(np.linalg.inv(h[np.ix_(perm, perm)])).T
+    except np.linalg.LinAlgError:
+        return coded
+    codes = np.empty((out, d), dtype=np.int64)
+    for j in range(d):
+        col = work[:, j] / scale
+        c = nearest(col, rest) + (1 if zero_fixed else 0)
+        if zero_fixed:
+            c = np.where(pruned[:, perm[j]], 0, c)
+        codes[:, j] = c
+        err = (work[:, j] - book[c] * scale) / upper[j, j]
+        work[:, j + 1:] -= np.outer(err, upper[j, j + 1:])
+    codes = codes[:, np.argsort(perm)]
+    flat = (codes.T if transposed else codes).reshape(-1)
+    return Coded(flat, coded.codebook, coded.bits, coded.lossless, coded.zeros_kept, coded.scale)
+
+
+def output_error(w: np.ndarray, approx: np.ndarray, reader: gs.Node, hessian: np.ndarray) -> float:
+    """Relative output error on the calibration inputs: sqrt(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ))."""
+    a, _ = as_rows(w.astype(np.float64), reader)
+    b, _ = as_rows(approx.astype(np.float64), reader)
+    diff = a - b
+    den = float(np.sum((a @ hessian) * a))
+    num = float(np.sum((diff @ hessian) * diff))
+    return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
+
+
+#: im2col rows (or feature rows) sampled per calibration sample for a layer's ``XᵀX``.
+ROWS_PER_SAMPLE = 32
+
+
+def layer_hessians(model: Model, ctx: PassContext, groups: list[WeightTensor]) -> dict[int, np.ndarray]:
+    """``XᵀX / rows`` of each group's input (through its first reader) on the calibration
+    data, keyed by position in ``groups``; layers whose rows are not plain (grouped or
+    depthwise convs, SAME padding, batched MatMul weights, Gemm with transA) are left out."""
+    from onnxprune.activations import ConvGeom, Gram, Tap, conv_rows, feature_rows, sample_positions
+
+    assert ctx.calib is not None
+    plan: dict[int, tuple[str, ConvGeom | None]] = {}
+    for i, g in enumerate(groups):
+        node, slot = g.readers[0]
+        w = g.values
+        if node.op == "Conv":
+            if w.ndim != 4 or int(node.attrs.get("group", 1)) != 1:
+                continue
+            try:
+                plan[i] = (node.inputs[0].name, ConvGeom.of_node(node, w.shape))
+            except ValueError:
+                continue
+        elif w.ndim == 2 and slot == 1 and not (node.op == "Gemm" and int(node.attrs.get("transA", 0))) \
+                and node.op in ("Gemm", "MatMul"):
+            plan[i] = (node.inputs[0].name, None)
+    if not plan:
+        return {}
+    tap = Tap(model.to_onnx(), sorted({name for name, _ in plan.values()}), ctx.target.threads, optimize=True)
+    grams = {i: Gram() for i in plan}
+    pending: dict[int, list[np.ndarray]] = {i: [] for i in plan}
+    rng = np.random.default_rng(ctx.seed)
+
+    def flush(i: int, at_least: int) -> None:  # one big XᵀX beats many small ones
+        if sum(len(r) for r in pending[i]) >= max(at_least, 1):
+            grams[i].update(np.concatenate(pending[i]))
+            pending[i].clear()
+
+    for batch in ctx.calib.batches:
+        values = tap.run(batch)
+        for i, (name, geom) in plan.items():
+            x = values[name]
+            if geom is not None:
+                oh, ow = geom.out_hw(x.shape[2], x.shape[3])
+                rows = conv_rows(x, geom, sample_positions(x.shape[0], oh, ow, ROWS_PER_SAMPLE * x.shape[0], rng))
+            else:
+                rows = feature_rows(x)
+                limit = ROWS_PER_SAMPLE * (x.shape[0] if x.ndim > 2 else 1)
+                if len(rows) > limit:
+                    rows = rows[np.sort(rng.choice(len(rows), limit, replace=False))]
+            pending[i].append(np.asarray(rows, dtype=np.float32))
+            flush(i, 4096)
+    for i in plan:
+        flush(i, 1)
+    return {i: g.xtx / g.rows for i, g in grams.items() if g.rows and g.xtx is not None}
+
+
+# --------------------------------------------------------------------------- the decoder subgraph
+
+
+class Decoders:
+    """Builds decoder subgraphs, sharing the small constant tables between layers.
+
+    Names are short (``sw3.5``): every node repeats its input and output names in the
+    file, and a layer's decoder has about ten nodes."""
+
+    def __init__(self, graph: gs.Graph, opset: int) -> None:
+        self.graph = graph
+        self.opset = opset
+        self._tables: dict[Any, gs.Constant] = {}
+        self._layer = 0
+        self._step = 0
+
+    def _const(self, key: Any, base: str, value: np.ndarray) -> gs.Constant:
+        if key not in self._tables:
+            self._tables[key] = gs.Constant(ir.unique_name(self.graph, f"sw.{base}"), np.asarray(value))
+        return self._tables[key]
+
+    def _own(self, what: str, value: np.ndarray) -> gs.Constant:
+        return gs.Constant(ir.unique_name(self.graph, f"sw{self._layer}.{what}"), np.asarray(value))
+
+    def _node(self, op: str, inputs: list[gs.Tensor], dtype: Any, attrs: dict[str, Any] | None = None,
+              out: gs.Variable | None = None) -> gs.Variable:
+        self._step += 1
+        name = ir.unique_name(self.graph, f"sw{self._layer}.{self._step}")
+        if out is None:
+            out = gs.Variable(name, dtype=dtype)
+        self.graph.nodes.append(gs.Node(op, name, attrs or {}, inputs, [out]))
+        return out
+
+    def build(self, coded: Coded, shape: tuple[int, ...], out: gs.Variable) -> None:
+        """Nodes that compute ``out`` (the decoded float weight of ``shape``) from packed indices."""
+        self._layer += 1
+        self._step = 0
+        n, b = coded.codes.size, coded.bits
+        i32 = np.int32
+        ints = self._node("Cast", [self._own(f"idx{b}b", pack_indices(coded.codes, b))], i32,
+                          {"to": onnx.TensorProto.INT32})
+        flat_shape = self._const("flat", "flat", np.array([-1], np.int64))
+        if b == 8:
+            flat = self._node("Reshape", [ints, flat_shape], i32)
+        else:
+            first, second, divisor = unpack_tables(b)
+            lo = self._node("Gather", [ints, self._const(("first", b), f"first{b}b", first)], i32, {"axis": 1})
+            hi = self._node("Gather", [ints, self._const(("second", b), f"second{b}b", second)], i32, {"axis": 1})
+            hi = self._node("Mul", [hi, self._const("256", "c256", np.array(256, i32))], i32)
+            word = self._node("Add", [lo, hi], i32)
+            q = self._node("Div", [word, self._const(("div", b), f"shift{b}b", divisor)], i32)
+            k = self._const(("k", b), f"k{b}b", np.array(1 << b, i32))
+            if self.opset >= 10:
+                r = self._node("Mod", [q, k], i32)
+            else:  # no Mod before opset 10: q - (q // k) * k
+                r = self._node("Sub", [q, self._node("Mul", [self._node("Div", [q, k], i32), k], i32)], i32)
+            flat = self._node("Reshape", [r, flat_shape], i32)
+        if flat_len(n) != n:
+            if self.opset >= 10:
+                flat = self._node("Slice", [flat, self._const("zero", "zero", np.array([0], np.int64)),
+                                            self._own("n", np.array([n], np.int64))], i32)
+            else:
+                flat = self._node("Slice", [flat], i32, {"starts": [0], "ends": [n], "axes": [0]})
+        dtype = coded.codebook.dtype
+        values = self._node("Gather", [self._own("codebook", coded.codebook), flat], dtype, {"axis": 0})
+        out.dtype, out.shape = dtype, list(shape)
+        shape_c = self._own("shape", np.array(shape, np.int64))
+        if coded.scale is None:
+            self._node("Reshape", [values, shape_c], dtype, out=out)
+        else:
+            values = self._node("Reshape", [values, shape_c], dtype)
+            self._node("Mul", [values, self._own("scale", coded.scale)], dtype, out=out)
+
+
+def flat_len(n: int) -> int:
+    """Length of the decoder's flat index vector before the Slice."""
+    return -(-n // 8) * 8
+
+
+def stored_bytes(coded: Coded) -> int:
+    n, b = coded.codes.size, coded.bits
+    return packed_nbytes(n, b) + side_bytes(coded)
+
+
+def side_bytes(coded: Coded) -> int:
+    """Codebook and channel scales."""
+    return coded.codebook.nbytes + (0 if coded.scale is None else coded.scale.nbytes)
+
+
+def huffman_bytes(coded: Coded) -> int:
+    return -(-huffman_bits(coded.codes, coded.codebook.size) // 8) + side_bytes(coded)
+
+
+# --------------------------------------------------------------------------- the pass
+
+
+@dataclass(frozen=True)
+class Options:
+    """``bits`` (1..8, default 4), ``max-error`` and ``max-bits`` (per-layer fallback to more
+    bits), ``keep-zeros``, ``iterations``, ``layers`` / ``exclude`` / ``min-params``."""
+
+    bits: int = 4
+    scale: Literal["channel", "none"] = "channel"
+    rounding: Literal["auto", "nearest", "gptq"] = "auto"
+    max_error: float | None = None
+    max_bits: int = MAX_BITS
+    keep_zeros: bool = True
+    iterations: int = 50
+    layers: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    min_params: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", layer_patterns(self.layers))
+        object.__setattr__(self, "exclude", layer_patterns(self.exclude))
+        for key in ("bits", "max_bits"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or int(v) != v or not 1 <= v <= MAX_BITS:
+                raise UsageError(f"pass share-weights: {key.replace('_', '-')} must be an integer in [1, {MAX_BITS}], "
+                                 f"got {v!r}")
+        if self.scale not in ("channel", "none"):
+            raise UsageError(f"pass share-weights: scale must be channel or none, got {self.scale!r}")
+        if self.rounding not in ("auto", "nearest", "gptq"):
+            raise UsageError(f"pass share-weights: rounding must be auto, nearest or gptq, got {self.rounding!r}")
+        if self.max_bits < self.bits:
+            raise UsageError(f"pass share-weights: max-bits={self.max_bits} is below bits={self.bits}")
+        if self.max_error is not None:
+            check_range("share-weights", "max-error", self.max_error, 0.0, 1.0, lo_open=True)
+        if isinstance(self.iterations, bool) or int(self.iterations) != self.iterations or self.iterations < 0:
+            raise UsageError(f"pass share-weights: iterations must be a non-negative integer, got {self.iterations!r}")
+        if isinstance(self.min_params, bool) or int(self.min_params) != self.min_params or self.min_params < 0:
+            raise UsageError(f"pass share-weights: min-params must be a non-negative integer, got {self.min_params!r}")
+
+
+class ShareWeights(Pass):
+    """k-means weight sharing (Deep Compression): packed b-bit indices + codebook, decoded by a folded subgraph."""
+
+    name = "share-weights"
+    Options = Options
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        opts: Options = self.options
+        groups, skipped = select_weights(model.graph, opts.layers, opts.exclude, opts.min_params)
+        kept: list[WeightTensor] = []
+        for g in groups:
+            w = g.values
+            if not np.all(np.isfinite(w)):
+                skipped.extend({"name": name, "reason": "non-finite weights"} for name in g.names)
+            elif packed_nbytes(w.size, opts.bits) + 4 * (1 << opts.bits) + DECODER_OVERHEAD >= w.nbytes:
+                skipped.extend({"name": name, "reason": f"too small to gain ({w.size} weights)"} for name in g.names)
+            else:
+                kept.append(g)
+        if opts.rounding == "gptq":
+            ctx.require_data(self.name, "rounding=gptq")
+        use_data = opts.rounding == "gptq" or (opts.rounding == "auto" and ctx.has_data)
+        hessians = layer_hessians(model, ctx, kept) if use_data and kept else {}
+        plans: list[tuple[WeightTensor, Coded, dict[str, Any]]] = []
+        for i, g in enumerate(kept):
+            w = g.values
+            coded, errors = self._code(w, g.output_axis() if opts.scale == "channel" else None, g.readers[0][0],
+                                       hessians.get(i))
+            if stored_bytes(coded) + DECODER_OVERHEAD >= w.nbytes:
+                skipped.extend({"name": name, "reason": f"too small to gain ({w.size} weights)"} for name in g.names)
+                continue
+            plans.append((g, coded, errors))
+        if not plans:
+            return PassResult(False, {"layers": [], "skipped": skipped})
+        size_before = model.to_onnx().ByteSize()
+        decoders = Decoders(model.graph, model.opset)
+        lines: list[dict[str, Any]] = []
+        for g, coded, errors in plans:
+            w = g.values
+            name = g.tensor.name
+            if not g.shared:  # the dense initializer goes away: the decoded weight takes its name
+                g.tensor.name = ir.unique_name(model.graph, f"{name}_dense")
+            decoded = gs.Variable(ir.unique_name(model.graph, name if not g.shared else f"{name}_shared"))
+            decoders.build(coded, tuple(w.shape), decoded)
+            for node, slot in g.readers:
+                node.inputs[slot] = decoded
+            lines.append({"name": ",".join(g.names), "tensor": name, "shape": list(w.shape),
+                          "params": int(w.size), "bits": coded.bits, "k": int(coded.codebook.size),
+                          "lossless": coded.lossless, "zeros_kept": coded.zeros_kept, **errors,
+                          "float_bytes": int(w.nbytes), "stored_bytes": stored_bytes(coded),
+                          "huffman_bytes": huffman_bytes(coded)})
+        model.touch()
+        size_after = model.to_onnx().ByteSize()
+        total = {k: sum(line[k] for line in lines) for k in ("params", "float_bytes", "stored_bytes", "huffman_bytes")}
+        stats = {
+            "layers": lines, "skipped": skipped, **total,
+            "bits_per_weight": round(8 * total["stored_bytes"] / total["params"], 4),
+            "huffman_bits_per_weight": round(8 * total["huffman_bytes"] / total["params"], 4),
+            "rounding": "gptq" if hessians else "nearest", "gptq_layers": sum(1 for line in lines if "output_error" in line),
+            "model_bytes_before": size_before, "model_bytes_after": size_after,
+            "size_ratio": round(size_before / size_after, 4),
+            "bits_histogram": {str(b): sum(1 for line in lines if line["bits"] == b)
+                               for b in sorted({line["bits"] for line in lines})},
+        }
+        return PassResult(True, stats)
+
+    def _code(self, w: np.ndarray, axis: int | None, reader: gs.Node, hessian: np.ndarray | None
+              ) -> tuple[Coded, dict[str, Any]]:
+        """Code at ``bits``, then one more bit at a time while the error is over ``max-error``
+        (the output error on the calibration inputs when there is data, else the weight error)."""
+        opts: Options = self.options
+        bits = opts.bits
+        while True:
+            coded = share(w, bits, keep_zeros=opts.keep_zeros, iterations=opts.iterations, axis=axis)
+            if hessian is not None and not coded.lossless:
+                coded = gptq_codes(coded, w, reader, hessian)
+            approx = coded.decode(w.shape)
+            errors = {"rel_error": round(relative_error(w, approx), 6)}
+            if hessian is not None:
+                errors["output_error"] = round(output_error(w, approx, reader, hessian), 6)
+            err = errors.get("output_error", errors["rel_error"])
+            if opts.max_error is None or err <= opts.max_error or bits >= opts.max_bits or coded.lossless:
+                return coded, errors
+            bits += 1
+
+
+def share_weights(proto: Any, **options: Any) -> Any:
+    """Library twin: ``share_weights(model_proto, bits=4)`` → ModelProto with packed shared weights."""
+    from onnxprune.api import run_passes
+
+    out, _ = run_passes(proto, [ShareWeights(Options(**options))])
+    return out
