@@ -15,9 +15,12 @@ collected into the report and the summary instead of stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -25,7 +28,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
 
 from onnxprune import __version__
 from onnxprune.errors import OnnxPruneError, PassCrash, UnsupportedError, UsageError
@@ -222,6 +225,16 @@ class Progress:
     def batches(self, done: int, total: int) -> None:
         self.update(f"{done}/{total} batches")
 
+    @contextlib.contextmanager
+    def relay(self) -> Iterator[None]:
+        """While the data loads, stderr is a stand-in that turns the loader's tqdm bar
+        into this line's detail ("450/1000 img"), so two bars never fight for the line."""
+        if not self.enabled:
+            yield
+            return
+        with contextlib.redirect_stderr(_Relay(self)):
+            yield
+
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
             self._draw()
@@ -257,6 +270,29 @@ class Progress:
             except (OSError, ValueError):
                 pass
         self.enabled = False
+
+
+class _Relay(io.TextIOBase):
+    """A terminal-looking stream that forwards the last 'n/total' a tqdm bar wrote."""
+
+    _COUNT = re.compile(r"(\d+)/(\d+)")
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        found = self._COUNT.findall(text)
+        if found:
+            done, total = found[-1]
+            self.progress.update(f"{done}/{total}")
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def _isatty(stream: Any) -> bool:
@@ -298,11 +334,12 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
     original = load_model(args.model)
     preflight(original, args.model)  # what onnxruntime cannot run is refused now, not after the work
     prog.stage("loading data")
-    plan = prepare_data(original, data=args.data, calib=args.calib, labels=args.labels, recipe=args.recipe,
-                        calib_limit=args.calib_limit, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
-                        samples=args.samples, input_shapes=args.input_shape, target=args.target, threads=args.threads,
-                        cache_dir=args.cache_dir, workers=args.workers, progress=prog.enabled,
-                        need_eval=not args.no_validate, tokenizer=args.tokenizer)
+    with prog.relay():
+        plan = prepare_data(original, data=args.data, calib=args.calib, labels=args.labels, recipe=args.recipe,
+                            calib_limit=args.calib_limit, limit=args.limit, batch_size=args.batch_size,
+                            seed=args.seed, samples=args.samples, input_shapes=args.input_shape, target=args.target,
+                            threads=args.threads, cache_dir=args.cache_dir, workers=args.workers,
+                            progress=prog.enabled, need_eval=not args.no_validate, tokenizer=args.tokenizer)
     ctx = plan.ctx
     check_finite(ctx.calib, "calibration data")
     check_finite(plan.evaluation, "evaluation data")

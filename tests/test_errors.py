@@ -298,3 +298,22 @@ def test_progress_line_on_a_terminal():
     prog.stage("x")
     prog.close()
     assert plain.getvalue() == ""
+
+
+def test_data_loading_bar_becomes_the_progress_detail():
+    """tqdm's bar (the image loader's) is relayed into the one line, not drawn beside it."""
+    import io
+    import sys
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    prog = cli.Progress(4, stream=stream)
+    prog.stage("loading data")
+    with prog.relay():
+        sys.stderr.write("\rloading images:  45%|####5     | 450/1000 [00:01<00:01, 400.00img/s]")
+        assert prog.detail == "450/1000"
+    prog.close()
+    assert "loading images" not in stream.getvalue() and "[1/4] loading data 450/1000" in stream.getvalue()
