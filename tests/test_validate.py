@@ -285,3 +285,70 @@ def test_zoo_mnist_top1():
     zoo = zoo_or_skip()
     got, n = zoo_top1(zoo / "models" / "mnist-8.onnx", zoo / "data" / "mnist" / "t10k-images-idx3-ubyte.gz")
     assert n == 10000 and got == 9891  # 98.91 %, labels found beside the images
+
+
+# ---------------------------------------------------------------------------- sequences, preflight, NaN
+
+def test_sequence_argmax_agreement_exact():
+    ref = np.zeros((2, 3, 4), np.float32)
+    ref[..., 1] = 1.0  # every position reads class 1
+    got = ref.copy()
+    got[0, 0, 3] = 2.0  # one of the six positions now reads class 3
+    m = compare_outputs({"y": ref}, {"y": got})["y"]
+    assert m["argmax_agreement"] == pytest.approx(5 / 6)
+    assert "top1_agreement" not in m
+    # [N, C] stays a classifier; [N, T, 1] and [N, 1, C] are not sequences of scores
+    assert "argmax_agreement" not in compare_outputs({"y": ref[:, 0]}, {"y": got[:, 0]})["y"]
+    assert "argmax_agreement" not in compare_outputs({"y": ref[..., :1]}, {"y": got[..., :1]})["y"]
+    assert "argmax_agreement" not in compare_outputs({"y": ref[:, :1]}, {"y": got[:, :1]})["y"]
+
+
+def test_validate_reports_progress_to_a_callable():
+    model = gemm_model(W)
+    ds = Dataset([{"x": np.ones((2, 2), np.float32)} for _ in range(3)], None, "ones")
+    seen = []
+    validate(model, model, ds, latency_runs=0, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 3), (1, 3), (2, 3)]
+
+
+def test_validate_progress_true_draws_nothing_off_a_terminal(capsys):
+    model = gemm_model(W)
+    ds = Dataset([{"x": np.ones((2, 2), np.float32)}], None, "ones")
+    validate(model, model, ds, latency_runs=0, progress=True)
+    assert capsys.readouterr().err == ""  # stderr is captured, not a terminal: no bar lines
+
+
+def test_preflight_messages_are_whole():
+    from onnxprune.errors import UnsupportedError
+    from onnxprune.validate import _ort_reason, preflight
+
+    preflight(gemm_model(W))  # runs: nothing raised
+    m = gemm_model(W)
+    m.graph.node[0].domain = "com.example"
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(UnsupportedError, match="com.example:Gemm, a custom-domain op"):
+        preflight(m)
+    text = ("[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/onnxruntime/core/graph/model.cc:256 "
+            "onnxruntime::Model::Model(onnx::ModelProto&&, const onnxruntime::PathString&) Unsupported thing: 3")
+    assert _ort_reason(text) == "Unsupported thing: 3"
+
+
+def test_check_finite():
+    from onnxprune.validate import check_finite
+
+    good = Dataset([{"x": np.ones((2, 2), np.float32), "ids": np.ones((2, 2), np.int64)}], None, "ok")
+    check_finite(good, "data")
+    check_finite(None, "data")
+    inf = Dataset([{"x": np.array([[np.inf, 0.0]], np.float32)}], None, "inf")
+    check_finite(inf, "data")  # inf is a legitimate value (attention masks); only NaN is refused
+    bad = Dataset([{"x": np.ones((2, 2), np.float32)}, {"x": np.array([[0.0, np.nan]], np.float32)}], None, "bad")
+    with pytest.raises(DataError, match="1 NaN value.*first in sample 2"):
+        check_finite(bad, "calibration data")
+
+
+def test_control_flow_nodes():
+    from onnxprune.validate import control_flow_nodes
+    from tests.test_errors import _if_model
+
+    assert [n.op_type for n in control_flow_nodes(_if_model())] == ["If"]
+    assert control_flow_nodes(gemm_model(W)) == []
