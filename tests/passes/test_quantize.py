@@ -250,3 +250,17 @@ def test_zoo_mobilenetv2_equalize_exact(zoo):
     x = np.random.default_rng(0).uniform(-2, 2, (2, 3, 224, 224)).astype(np.float32)
     a, b = run(m, {"input": x})[0], run(out, {"input": x})[0]
     assert np.max(np.abs(a - b)) <= 1e-3 * np.max(np.abs(a))
+
+
+def test_lowrank_then_dynamic():
+    """lowrank → quantize:mode=dynamic: the factor MatMuls are quantized too."""
+    rng = np.random.default_rng(3)
+    u, v = rng.standard_normal((64, 8)), rng.standard_normal((8, 64))
+    w = (u @ v + 0.01 * rng.standard_normal((64, 64))).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    m = make_model(nodes, [vinfo("x", ["B", 64])], [vinfo("y", ["B", 64])], {"w": w}, opset=14)
+    out, rec = run_passes(m, ["lowrank:rank=8,check-latency=false", "quantize:mode=dynamic"])
+    assert rec[0].modified and rec[1].modified
+    onnx.checker.check_model(out, full_check=True)
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    assert rel_err(run(m, {"x": x})[0], run(out, {"x": x})[0]) < 0.05
