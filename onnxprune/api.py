@@ -1,6 +1,7 @@
 """The library entry points: the CLI is a thin layer over these."""
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -151,6 +152,10 @@ def run_passes(model: onnx.ModelProto, specs: Sequence[str | Pass], *, verify_ea
     manager = PassManager(passes, verifier=make_verifier(model) if verify_each else None, cost=cost, progress=progress)
     records = manager.run(work, ctx)
     result = work.to_onnx()
+    # The graph's nodes and tensors point at each other: without a collection its
+    # weights would outlive the call, beside the result (a large model's size again).
+    del work, manager
+    gc.collect()
     if not verify_each:
         verify(result, model)
     return result, records

@@ -51,6 +51,8 @@ def make_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 1, 
     """A CPU session (see the module doc). ``optimize=False`` keeps every tensor as itself
     (no fusion), for reading intermediate values. Raises ModelError when onnxruntime refuses."""
     so = session_options(threads, optimize=optimize)
+    if isinstance(model, onnx.ModelProto) and _too_big_for_bytes(model):
+        return _session_from_file(model, so)
     src: bytes | str
     if isinstance(model, onnx.ModelProto):
         src = _serialise(model)
@@ -65,7 +67,38 @@ def make_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 1, 
         raise ModelError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
 
 
+#: Protos at least this big reach onnxruntime through a file with external data: a
+#: > 2 GiB proto cannot be serialised at all, and below that the bytes would be one more
+#: copy of the weights in memory (onnxruntime maps page-aligned external data instead).
+FILE_SESSION_BYTES = 256 << 20
+
+#: How many times a whole model was serialised to bytes for a session (reported per run).
+SERIALISATIONS = [0]
+
+
+def _too_big_for_bytes(model: onnx.ModelProto) -> bool:
+    from onnxprune.shapes import proto_size
+
+    return proto_size(model) >= FILE_SESSION_BYTES
+
+
+def _session_from_file(model: onnx.ModelProto, so: ort.SessionOptions) -> ort.InferenceSession:
+    import tempfile
+
+    from onnxprune.model import write_external
+
+    with tempfile.TemporaryDirectory(prefix="onnxprune-session-", ignore_cleanup_errors=True) as tmp:
+        path = Path(tmp) / "model.onnx"
+        write_external(model, path)
+        SESSIONS_BUILT[0] += 1
+        try:
+            return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            raise ModelError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+
+
 def _serialise(model: onnx.ModelProto) -> bytes:
+    SERIALISATIONS[0] += 1
     return model.SerializeToString()
 
 

@@ -18,15 +18,13 @@ A :data:`Dim` is an ``int`` (fixed), a ``str`` (symbolic; ONNX also invents
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxprune.errors import DataError, UnsupportedError, VerificationError
+from onnxprune.errors import DataError, OnnxPruneError, UnsupportedError, VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +38,21 @@ PROTOBUF_LIMIT = 2**31 - 1
 _STUB_ABOVE_BYTES = 1 << 16
 
 
+def proto_size(model: onnx.ModelProto) -> int:
+    """Serialised size of ``model`` in bytes, without serialising it.
+
+    ``ByteSize()`` raises on a message over 2 GiB (protobuf's limit), which is exactly
+    when the size matters, so the size is summed per initializer and per node (each far
+    below the limit) plus the rest of the graph. External tensors count their stub only.
+    """
+    g = model.graph
+    big = sum(t.ByteSize() for t in g.initializer) + sum(n.ByteSize() for n in g.node)
+    rest = sum(v.ByteSize() for v in (*g.input, *g.output, *g.value_info))
+    rest += sum(t.ByteSize() for t in g.sparse_initializer) + sum(f.ByteSize() for f in model.functions)
+    # Field tags and length prefixes: at most 10 bytes per element.
+    return int(big + rest + 10 * (len(g.initializer) + len(g.node) + len(g.input) + len(g.output)) + 4096)
+
+
 def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
     """Return a copy of ``model`` with ONNX shape inference applied; ``model`` is untouched.
 
@@ -47,8 +60,8 @@ def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelP
     Without it, a model that fails type checking is inferred again without the check,
     and if that fails too an un-inferred copy comes back (logged as a warning).
     """
-    too_big = model.ByteSize() > PROTOBUF_LIMIT
-    source = _skeleton(model) if too_big else model
+    too_big = proto_size(model) > PROTOBUF_LIMIT
+    source = skeleton(model) if too_big else model
     try:
         inferred = _run_onnx_inference(source, strict=strict, check_type=True)
     except Exception as exc:  # onnx raises InferenceError, ValueError, RuntimeError
@@ -82,7 +95,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto, stub_above: int = _STUB_ABOVE_BYTES) -> onnx.ModelProto:
     """A copy of ``model`` whose big initializers keep name, type and dims but no data.
 
     The payloads become external-data stubs pointing nowhere: ONNX inference reads
@@ -94,7 +107,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     _copy_fields(model, skel, skip="graph")
     _copy_fields(model.graph, skel.graph, skip="initializer")
     for tensor in model.graph.initializer:
-        if tensor.ByteSize() <= _STUB_ABOVE_BYTES:
+        if tensor.ByteSize() <= stub_above or tensor.data_type == TensorProto.STRING:
             skel.graph.initializer.append(tensor)
             continue
         stub = skel.graph.initializer.add()
@@ -102,23 +115,38 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         stub.dims.extend(tensor.dims)
         stub.data_location = TensorProto.EXTERNAL
         entry = stub.external_data.add()
-        entry.key, entry.value = "location", "onnxprune-stub-never-read"
+        entry.key, entry.value = "location", STUB_LOCATION
     return skel
 
 
-def _copy_fields(src: onnx.ModelProto | onnx.GraphProto, dst: onnx.ModelProto | onnx.GraphProto,
-                 *, skip: str) -> None:
+#: where a skeleton's stubbed tensors claim their data lives (a name no file has).
+STUB_LOCATION = "onnxprune-stub-never-read"
+_skeleton = skeleton
+
+
+def copy_fields(src: onnx.ModelProto | onnx.GraphProto, dst: onnx.ModelProto | onnx.GraphProto,
+                *, skip: str | tuple[str, ...] = (), replace: bool = False) -> None:
+    """Copy every set field of ``src`` but those in ``skip`` onto ``dst`` (``replace``:
+    repeated fields of ``dst`` are emptied first). Copying a model minus its graph this
+    way costs nothing, where ``CopyFrom`` then ``Clear`` would copy every weight."""
+    skipped = (skip,) if isinstance(skip, str) else skip
     for desc, value in src.ListFields():
-        if desc.name == skip:
+        if desc.name in skipped:
             continue
         # protobuf >= 6 has is_repeated; older releases only the label.
-        repeated = desc.is_repeated if hasattr(desc, "is_repeated") else desc.label == desc.LABEL_REPEATED
+        repeated = desc.is_repeated if hasattr(desc, "is_repeated") else desc.label == desc.LABEL_REPEATED  # type: ignore[attr-defined]
         if repeated:
-            getattr(dst, desc.name).extend(value)
+            field = getattr(dst, desc.name)
+            if replace:
+                del field[:]
+            field.extend(value)
         elif desc.message_type is not None:
             getattr(dst, desc.name).CopyFrom(value)
         else:
             setattr(dst, desc.name, value)
+
+
+_copy_fields = copy_fields
 
 
 def _dims_of(type_proto: onnx.TypeProto) -> tuple[Dim, ...] | None:
@@ -126,7 +154,7 @@ def _dims_of(type_proto: onnx.TypeProto) -> tuple[Dim, ...] | None:
         return None
     dims: list[Dim] = []
     for d in type_proto.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value >= 0:  # older exporters write -1 for "dynamic"
             dims.append(int(d.dim_value))
         elif d.HasField("dim_param") and d.dim_param:
             dims.append(d.dim_param)
@@ -249,8 +277,6 @@ def runtime_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | Non
     dims set from ``dims`` or 1. Intermediates whose element type ONNX inference cannot
     tell are skipped (a graph output must be typed), as are tensors inside subgraphs.
     """
-    import onnxruntime as ort  # heavy import, only this fallback needs it
-
     given = dict(feeds or {})
     wanted = {vi.name for vi in real_inputs(model)}
     if unknown := sorted(set(given) - wanted):
@@ -260,31 +286,29 @@ def runtime_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | Non
     if missing := sorted(wanted - given.keys()):
         raise DataError(f"inputs of unknown rank need values in feeds: {', '.join(missing)}")
 
-    elem_types = tensor_elem_types(infer_shapes(_skeleton(model)))
-    probe = _copy(model)
-    exposed = {o.name for o in probe.graph.output}
-    for node in probe.graph.node:
-        for name in node.output:
-            if name and name not in exposed and name in elem_types:
-                probe.graph.output.append(helper.make_tensor_value_info(name, elem_types[name], None))
-                exposed.add(name)
-    names = [o.name for o in probe.graph.output]
+    from onnxprune.runtime import make_session
 
-    options = ort.SessionOptions()
-    # No fusion: every requested tensor must exist as itself; also builds faster.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    elem_types = tensor_elem_types(infer_shapes(skeleton(model)))
+    # The intermediates become extra graph outputs for the one session, then go again:
+    # the model is lent, not copied (a copy of a large model costs its size in memory).
+    outputs = model.graph.output
+    n_declared = len(outputs)
+    exposed = {o.name for o in outputs}
     try:
-        with tempfile.TemporaryDirectory(prefix="onnxprune-shapes-") as tmp:
-            if probe.ByteSize() > PROTOBUF_LIMIT:
-                path = Path(tmp) / "probe.onnx"
-                onnx.save_model(probe, str(path), save_as_external_data=True,
-                                all_tensors_to_one_file=True, location="probe.data")
-                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            else:
-                session = ort.InferenceSession(probe.SerializeToString(), options,
-                                               providers=["CPUExecutionProvider"])
-            results = session.run(names, given)
+        for node in model.graph.node:
+            for name in node.output:
+                if name and name not in exposed and name in elem_types:
+                    outputs.append(helper.make_tensor_value_info(name, elem_types[name], None))
+                    exposed.add(name)
+        names = [o.name for o in outputs]
+        # No fusion: every requested tensor must exist as itself; also builds faster.
+        session = make_session(model, optimize=False)
+    except OnnxPruneError as exc:
+        raise UnsupportedError(f"onnxruntime could not load the model to find shapes: {exc}") from None
+    finally:
+        del outputs[n_declared:]
+    try:
+        results = session.run(names, given)
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         raise UnsupportedError(f"onnxruntime could not run the model to find shapes: "
                                f"{' '.join(str(exc).split())}") from None

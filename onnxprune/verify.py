@@ -2,24 +2,27 @@
 
 Checks, in order: every tensor has one producer (and is not also an initializer or a
 graph input), the graph is acyclic, graph inputs and outputs keep their names, element
-types and shapes, ``onnx.checker`` (full check) passes, strict shape inference passes,
-and onnxruntime builds a session. ``onnx.checker`` alone is not enough: it accepts
-models onnxruntime refuses (a Conv bias of the wrong length, for one).
+types and shapes, ``onnx.checker`` (full check, which includes strict shape inference
+with type checks: no second inference is run) passes, and onnxruntime builds a session.
+``onnx.checker`` alone is not enough: it accepts models onnxruntime refuses (a Conv bias
+of the wrong length, for one).
+
+Nothing here serialises a big model: the checker runs on a skeleton
+(:func:`onnxprune.model.check_model`) and the session is built by
+:func:`onnxprune.runtime.make_session`, which hands big models over as a file.
 """
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import onnx
-import onnxruntime as ort
 
 from onnxprune.dag import build_dag, find_cycle, producers_of
-from onnxprune.errors import VerificationError
-from onnxprune.model import EXTERNAL_DATA_THRESHOLD, save_model
+from onnxprune.errors import OnnxPruneError, VerificationError
+from onnxprune.model import check_model
 
 
-def _io_signature(values) -> dict[str, tuple]:
+def _io_signature(values: Iterable[onnx.ValueInfoProto]) -> dict[str, tuple[Any, ...]]:
     sig = {}
     for v in values:
         tt = v.type.tensor_type
@@ -63,42 +66,32 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_runtime(model: onnx.ModelProto, reference: onnx.ModelProto | None = None) -> None:
-    """onnx.checker (full), strict shape inference, and an onnxruntime session.
+    """onnx.checker (full, with strict shape inference) and an onnxruntime session.
 
     A full-check failure that the reference model shows too (an output whose shape no
     inference can find, say) is the input's property, not the pass's: then the plain
     checker is used instead.
     """
-    big = model.ByteSize() >= EXTERNAL_DATA_THRESHOLD
-    with tempfile.TemporaryDirectory(prefix="onnxprune-verify-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        if big:
-            save_model(model, path, external_data=True)
+    try:
+        check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        if reference is None or _full_check_error(reference) != _first_line(exc):
+            raise VerificationError(f"onnx.checker: {_first_line(exc)}") from exc
         try:
-            onnx.checker.check_model(str(path) if big else model, full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            if reference is None or big or _full_check_error(reference) != _first_line(exc):
-                raise VerificationError(f"onnx.checker: {_first_line(exc)}") from exc
-        try:
-            if big:
-                onnx.shape_inference.infer_shapes_path(str(path), str(Path(tmp) / "inferred.onnx"), check_type=True, strict_mode=True)
-            else:
-                onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
-            raise VerificationError(f"shape inference: {_first_line(exc)}") from exc
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            ort.InferenceSession(str(path) if big else model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise VerificationError(f"onnxruntime refuses the model: {_first_line(exc)}") from exc
+            check_model(model)
+        except onnx.checker.ValidationError as exc2:
+            raise VerificationError(f"onnx.checker: {_first_line(exc2)}") from exc2
+    from onnxprune.runtime import make_session
+
+    try:
+        make_session(model, optimize=False)
+    except OnnxPruneError as exc:
+        raise VerificationError(f"onnxruntime refuses the model: {_first_line(exc)}") from exc
 
 
 def _full_check_error(model: onnx.ModelProto) -> str | None:
     try:
-        onnx.checker.check_model(model, full_check=True)
+        check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         return _first_line(exc)
     return None
@@ -117,7 +110,7 @@ def verify(model: onnx.ModelProto, reference: onnx.ModelProto | None = None, *, 
         raise VerificationError(f"pass {pass_name!r}{before} broke the graph: {exc}") from exc
 
 
-def make_verifier(reference: onnx.ModelProto):
+def make_verifier(reference: onnx.ModelProto) -> Callable[[onnx.ModelProto, str, list[str]], None]:
     def _verify(model: onnx.ModelProto, pass_name: str, previous: list[str]) -> None:
         verify(model, reference, pass_name=pass_name, previous=previous)
     return _verify

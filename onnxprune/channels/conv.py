@@ -64,7 +64,8 @@ class ConvHandler:
     def _in_rows(node: gs.Node, w: np.ndarray) -> np.ndarray | None:
         if int(node.attrs.get("group", 1)) != 1:
             return None
-        return np.moveaxis(w, 1, 0).reshape(w.shape[1], -1) if node.op == "Conv" else w.reshape(w.shape[0], -1)
+        # channels first as a view: reshaping this one to rows would copy the whole weight
+        return np.moveaxis(w, 1, 0) if node.op == "Conv" else w
 
     def analyze(self, node: gs.Node, ctx: Context, tensor: gs.Tensor, axis: int) -> None:
         w = ctx.const(node.inputs[1])

@@ -44,7 +44,15 @@ class Member:
     op: str
     space: int   # Space.id
     role: Role
-    weight: np.ndarray | None = None   # the weight viewed as [channels, -1] rows for this space, when it has one
+    #: the weight with this space's channels first (any rank): a view, never a copy, so an
+    #: analysis of a large model holds no second copy of its weights.
+    rows: np.ndarray | None = None
+
+    @property
+    def weight(self) -> np.ndarray | None:
+        """The weight as ``[channels, -1]`` rows, when it has one: a view where the layout
+        allows (Conv outputs, MatMul), else a fresh copy that the caller does not keep."""
+        return None if self.rows is None else self.rows.reshape(self.rows.shape[0], -1)
 
 
 class UnionFind:
@@ -179,7 +187,7 @@ class Context:
     def member(self, node: gs.Node, sp: Space, role: Role, weight: np.ndarray | None = None) -> None:
         if weight is not None:
             # a view in the weight's own dtype: a float64 copy of a VGG classifier is 784 MiB
-            weight = np.asarray(weight).reshape(sp.size, -1) if weight.shape[0] == sp.size else None
+            weight = np.asarray(weight) if weight.shape[0] == sp.size else None
         self.members.append(Member(node.name, node.op, sp.id, role, weight))
         if role is Role.SOURCE:
             self.source_spaces.add(sp.id)

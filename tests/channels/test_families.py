@@ -7,9 +7,10 @@ import onnx
 import pytest
 from onnx import helper
 
+from _support.oracles import dead_channel_oracle
 from onnxprune.channels import analyze
 from onnxprune.model import Model, normalize
-from onnxprune.testing import dead_channel_oracle, make_model, vinfo
+from onnxprune.testing import make_model, vinfo
 
 RNG = np.random.default_rng(0)
 

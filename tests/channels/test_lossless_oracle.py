@@ -1,6 +1,6 @@
 """The lossless oracle: channels that are exactly dead can be pruned with no change in output.
 
-For each generated architecture (onnxprune.graphgen: residual Add, Concat, Split, Slice,
+For each generated architecture (_support.graphgen: residual Add, Concat, Split, Slice,
 grouped/depthwise Conv, BN, SE blocks, Flatten→Gemm and Reshape→MatMul heads), pick a
 random set of prunable atoms, make them dead (every source filter and bias zero, BN
 γ = β = 0, per-channel constants zero), prune exactly those, and require the pruned
@@ -13,10 +13,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _support.graphgen import random_cnn
+from _support.oracles import dead_channel_oracle, pick_atoms
 from onnxprune.channels import analyze, apply_removal
-from onnxprune.graphgen import random_cnn
 from onnxprune.model import Model, normalize
-from onnxprune.testing import dead_channel_oracle, pick_atoms, random_feeds, run
+from onnxprune.testing import random_feeds, run
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

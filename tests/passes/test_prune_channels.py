@@ -10,9 +10,9 @@ from onnx import helper
 from onnxprune.passes import REGISTRY
 from onnxprune.passes import prune_channels as pc
 
+from _support.graphgen import random_cnn
 from onnxprune.api import run_passes
 from onnxprune.errors import UsageError
-from onnxprune.graphgen import random_cnn
 from onnxprune.model import normalize
 from onnxprune.testing import make_model, random_feeds, run, vinfo
 

@@ -8,13 +8,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
+from _support.graphgen import random_cnn
 from onnxprune import reconstruct as rc
 from onnxprune.activations import Gram
 from onnxprune.api import run_passes
 from onnxprune.context import PassContext
 from onnxprune.data import Dataset, load_dataset
 from onnxprune.errors import UsageError
-from onnxprune.graphgen import random_cnn
 from onnxprune.model import normalize
 from onnxprune.testing import make_model, run, vinfo
 
