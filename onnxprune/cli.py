@@ -114,6 +114,12 @@ def _check_args(args: argparse.Namespace) -> None:
     from onnxprune.context import Target
 
     Target.named(args.target, args.threads)
+    from onnxprune.errors import DataError
+
+    for flag in ("data", "calib", "labels"):  # a typo'd path fails now, not after the model loads
+        value = getattr(args, flag, None)
+        if value is not None and not Path(value).exists():
+            raise DataError(f"--{flag} {value}: no such file or folder")
     if args.output:
         out = Path(args.output)
         if out.exists() and out.resolve() == Path(args.model).resolve():
@@ -401,7 +407,9 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
         write_text(text, r, mode=mode)
     prog.close()
     if not args.quiet:
-        for w in report["warnings"]:
+        from onnxprune.report import warning_order
+
+        for w in warning_order(report["warnings"]):
             print(f"warning: {w}")
         for d in report.get("diagnostics", []):
             print(f"note: {d}")
@@ -574,6 +582,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close(progress)
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `onnxprune ... | head`: the reader left; the files were already written
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not raise again
+        return 0
     except Exception as exc:  # a bug: one line unless -v
         _close(progress)
         if verbose:

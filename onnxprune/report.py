@@ -114,11 +114,17 @@ def _classify(warning: str) -> str:
     return "warning"
 
 
+_ORDER = {"COLLAPSE": 0, "WEAK VALIDATION": 1, "warning": 2}
+
+
+def warning_order(warnings: list[str]) -> list[str]:
+    """Collapses first, then weak-validation notes, then the rest (stable within each)."""
+    return sorted(warnings, key=lambda w: _ORDER[_classify(w)])
+
+
 def headline(report: dict[str, Any]) -> list[str]:
     """What a reader must see first: collapses, then weak-validation notes, then the rest."""
-    order = {"COLLAPSE": 0, "WEAK VALIDATION": 1, "warning": 2}
-    tagged = sorted(((_classify(w), w) for w in report.get("warnings", [])), key=lambda t: order[t[0]])
-    lines = [f"{tag}: {w}" for tag, w in tagged]
+    lines = [f"{_classify(w)}: {w}" for w in warning_order(list(report.get("warnings", [])))]
     summary = _summary(report)
     return lines + ([summary] if summary else [])
 

@@ -317,3 +317,13 @@ def test_data_loading_bar_becomes_the_progress_detail():
         assert prog.detail == "450/1000"
     prog.close()
     assert "loading images" not in stream.getvalue() and "[1/4] loading data 450/1000" in stream.getvalue()
+
+
+def test_missing_data_path_fails_before_the_model_loads(capsys, tmp_path, monkeypatch):
+    import onnxprune.model as model_mod
+
+    p = tmp_path / "m.onnx"
+    p.write_bytes(MNIST.read_bytes())
+    monkeypatch.setattr(model_mod, "load_model", lambda *a, **k: pytest.fail("loaded the model first"))
+    _expect(capsys, [p, "--passes", "fold-bn", "--data", tmp_path / "nope.npz"], 4, "no such file", tmp_path)
+    _expect(capsys, [p, "--passes", "fold-bn", "--calib", tmp_path / "nope"], 4, "--calib", tmp_path)
