@@ -186,6 +186,38 @@ def test_thinet_ls_loss_is_the_ridge_refit_objective():
         np.testing.assert_allclose(scores[order[t - 1]], want, rtol=1e-6, atol=1e-9)
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.integers(2, 5), st.integers(1, 4), st.integers(0, 10_000))
+def test_refit_downdates_match_direct_ridge_solves(n_atoms, block, seed):
+    """Blocks of several variables per atom (a KxK consumer): every greedy step's loss equals
+    the direct ridge objective on the variables left, and each step is the best one."""
+    rng = np.random.default_rng(seed)
+    v, o, rows = n_atoms * block, 3, 40
+    x = rng.standard_normal((rows, v)) @ rng.standard_normal((v, v)) + rng.standard_normal(v)
+    w = rng.standard_normal((v, o))
+    cons = cg._Consumer(cg.Terminal("c", "Conv", 0, 0, "t", 1, n_atoms), w, block, None, cg.Gram())
+    cons.gram.update(x)
+    lam = 1e-2 * float(np.mean(np.diag(x.T @ x)))
+    y = x @ w
+
+    def objective(keep_atoms: list[int]) -> float:
+        cols = [a * block + k for a in keep_atoms for k in range(block)]
+        a = np.hstack([x[:, cols], np.ones((rows, 1))])
+        theta = np.linalg.solve(a.T @ a + np.diag([lam] * len(cols) + [0.0]), a.T @ y)
+        return float(((a @ theta - y) ** 2).sum() + lam * (theta[:-1] ** 2).sum())
+
+    energy = float(((y - y.mean(0)) ** 2).sum())
+    order, losses = cg.greedy_refit([cg._Refit(cons, np.repeat(np.arange(n_atoms), block), 1e-2)],
+                                    list(range(n_atoms)))
+    j0 = objective(list(range(n_atoms)))
+    for t in range(1, n_atoms):
+        left = [a for a in range(n_atoms) if a not in order[:t]]
+        assert losses[t - 1] == pytest.approx((objective(left) - j0) / energy, rel=1e-6, abs=1e-9)
+        prior = left + [order[t - 1]]
+        best = min(objective([a for a in prior if a != b]) for b in prior)
+        assert losses[t - 1] == pytest.approx((best - j0) / energy, rel=1e-6, abs=1e-9)
+
+
 # ---------------------------------------------------------------------------- car
 
 
