@@ -403,8 +403,15 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
         texts = {r: render(report, r) for r in args.report}
         summary = render_text(report)
         mode = out.stat().st_mode & 0o777
-    for r, text in texts.items():
-        write_text(text, r, mode=mode)
+    written: list[Path] = []
+    try:
+        for r, text in texts.items():
+            written.append(write_text(text, r, mode=mode))
+    except OSError as exc:  # the disk filled up, say: leave nothing of this run behind
+        for f in written + ([Path(args.output), Path(str(args.output) + ".data")] if args.output else []):
+            with contextlib.suppress(OSError):
+                f.unlink()
+        raise UsageError(f"cannot write the report ({exc.strerror or exc}); nothing written") from exc
     prog.close()
     if not args.quiet:
         from onnxprune.report import warning_order

@@ -327,3 +327,22 @@ def test_missing_data_path_fails_before_the_model_loads(capsys, tmp_path, monkey
     monkeypatch.setattr(model_mod, "load_model", lambda *a, **k: pytest.fail("loaded the model first"))
     _expect(capsys, [p, "--passes", "fold-bn", "--data", tmp_path / "nope.npz"], 4, "no such file", tmp_path)
     _expect(capsys, [p, "--passes", "fold-bn", "--calib", tmp_path / "nope"], 4, "--calib", tmp_path)
+
+
+def test_a_failing_report_write_leaves_nothing(capsys, tmp_path, monkeypatch):
+    import onnxprune.report as report_mod
+
+    p = tmp_path / "m.onnx"
+    p.write_bytes(MNIST.read_bytes())
+    real = report_mod.write_text
+    calls = []
+
+    def flaky(text, path, *, mode=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(text, path, mode=mode)
+
+    monkeypatch.setattr(report_mod, "write_text", flaky)
+    _expect(capsys, [p, "--passes", "fold-bn", "--latency-runs", "0", "-o", tmp_path / "o.onnx",
+                     "--report", tmp_path / "r.md", "--report", tmp_path / "r.json"], 2, "No space left", tmp_path)
