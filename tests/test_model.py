@@ -97,3 +97,173 @@ def test_zoo_models_load(zoo):
     for name in ["squeezenet1.1", "mobilenetv2", "efficientnet-lite0", "mnist-8", "minilm/model"]:
         m = load_model(zoo / "models" / f"{name}.onnx")
         assert not any(n.op_type == "Constant" and n.attribute[0].name == "value" for n in m.graph.node)
+
+
+# --- odd exports -------------------------------------------------------------------
+
+
+def _conv_model(batch_dim: int | str = 1) -> onnx.ModelProto:
+    """X[b, 3, 6, 6] ─Conv(8)─Relu─Conv(4)─▶ Y."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["X", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "W2"], ["Y"], pads=[1, 1, 1, 1], name="conv2")]
+    inits = {"W1": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+             "B1": rng.standard_normal(8).astype(np.float32),
+             "W2": rng.standard_normal((4, 8, 3, 3)).astype(np.float32)}
+    return make_model(nodes, [vinfo("X", [batch_dim, 3, 6, 6])], [vinfo("Y", [batch_dim, 4, 6, 6])], inits)
+
+
+def test_negative_batch_dim_becomes_symbolic_and_passes_run(tmp_path):
+    """Older Paddle exports write the dynamic batch as dim_value -1: every pass used to
+    crash with 'negative dimensions are not allowed'."""
+    from onnxprune.api import run_passes
+
+    m = _conv_model(batch_dim=1)
+    for v in (m.graph.input[0], m.graph.output[0]):
+        v.type.tensor_type.shape.dim[0].dim_value = -1
+    onnx.save(m, tmp_path / "neg.onnx")
+    loaded = load_model(tmp_path / "neg.onnx")
+    dim = loaded.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param == "batch" and not dim.HasField("dim_value")
+    out, records = run_passes(loaded, ["fold-bn", "prune-channels:ratio=0.5,round-to=4,latency-guard=false"])
+    assert records[1].modified
+    assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    feeds = {"X": np.ones((2, 3, 6, 6), np.float32)}
+    assert run(out, feeds)[0].shape == (2, 4, 6, 6)
+
+
+def test_initializer_listed_as_input_is_kept_with_its_new_shape():
+    """IR >= 4: an initializer that is also a graph input is an overridable default and
+    part of the signature; onnx-graphsurgeon drops such inputs on export."""
+    from onnxprune.api import run_passes
+
+    m = _conv_model()
+    m.graph.input.append(vinfo("B1", [8]))
+    out = Model(m).to_onnx()
+    assert [i.name for i in out.graph.input] == ["X", "B1"]
+    pruned, records = run_passes(m, ["prune-channels:ratio=0.5,round-to=4,latency-guard=false"])
+    assert records[0].modified
+    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in pruned.graph.input}
+    b1 = next(t for t in pruned.graph.initializer if t.name in inputs and t.name != "X")
+    assert inputs[b1.name] == list(b1.dims) and b1.dims[0] < 8
+    onnx.checker.check_model(pruned, full_check=True)
+
+
+def _loop_model() -> onnx.ModelProto:
+    """X ─Loop(3 trips; body: acc ← acc · W)─▶ Y, W an outer-scope initializer."""
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["acc_in", "W"], ["acc_out"]), helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body", [vinfo("i", [], onnx.TensorProto.INT64), vinfo("cond_in", [], onnx.TensorProto.BOOL), vinfo("acc_in", [1, 4])],
+        [vinfo("cond_out", [], onnx.TensorProto.BOOL), vinfo("acc_out", [1, 4])])
+    nodes = [helper.make_node("Loop", ["trips", "cond", "X"], ["Y"], body=body, name="loop")]
+    inits = {"W": (np.eye(4) * 0.5).astype(np.float32), "trips": np.array(3, np.int64), "cond": np.array(True)}
+    return make_model(nodes, [vinfo("X", [1, 4])], [vinfo("Y", [1, 4])], inits)
+
+
+def test_loop_body_does_not_get_the_outer_weight():
+    m = normalize(_loop_model())
+    out = Model(m).to_onnx()
+    body = out.graph.node[0].attribute[0].g
+    assert [t.name for t in body.initializer] == []
+    assert "W" in {t.name for t in out.graph.initializer}
+    feeds = {"X": np.ones((1, 4), np.float32)}
+    np.testing.assert_allclose(run(out, feeds)[0], run(m, feeds)[0])
+
+
+# --- internals ------------------------------------------------------------------------
+
+
+def test_to_onnx_is_cached_per_version_and_unedited_export_is_the_source():
+    m = normalize(_conv_model())
+    model = Model(m)
+    first = model.to_onnx()
+    assert first is m and model.exports == 0  # nothing edited: no export, no copy
+    model.touch()
+    a = model.to_onnx()
+    assert model.to_onnx() is a and model.exports == 1
+    model.touch()
+    assert model.to_onnx() is not a and model.exports == 2
+
+
+def test_model_shares_the_weights_of_its_proto():
+    """Model.__init__ used to copy the whole model (and its shape-inferred twin): the
+    working graph now reads the source's own tensors, loaded on first use."""
+    m = normalize(_conv_model())
+    big = numpy_helper.from_array(np.zeros((64, 64, 3, 3), np.float32), "W_big")  # 147 KiB: stubbed in the skeleton
+    m.graph.initializer.append(big)
+    m.graph.node.append(helper.make_node("Conv", ["X", "W_big"], ["Z"], name="conv_big"))
+    model = Model(m)
+    # Change the source after the fact: a graph that shares it sees the change.
+    src = next(t for t in m.graph.initializer if t.name == "W_big")
+    src.raw_data = np.ones((64, 64, 3, 3), np.float32).tobytes()
+    const = model.graph.tensors()["W_big"]
+    assert float(np.asarray(const.values).sum()) == 64 * 64 * 9
+
+
+# --- saving -------------------------------------------------------------------------
+
+
+def test_external_save_is_aligned_streamed_and_leaves_no_temporaries(tmp_path):
+    m = normalize(_conv_model())
+    p = save_model(m, tmp_path / "m.onnx", external_data=True)
+    stub = onnx.load(str(p), load_external_data=False)
+    offsets = [int(e.value) for t in stub.graph.initializer for e in t.external_data if e.key == "offset"]
+    assert offsets and all(o % 4096 == 0 for o in offsets)
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.onnx.data"]
+    feeds = random_feeds(m)
+    np.testing.assert_array_equal(run(load_model(p), feeds)[0], run(m, feeds)[0])
+
+
+def test_check_writable_refuses_before_any_work(tmp_path):
+    from onnxprune.errors import UsageError
+    from onnxprune.model import check_writable
+
+    with pytest.raises(UsageError, match="does not exist"):
+        check_writable(tmp_path / "nope" / "m.onnx")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(UsageError, match="not a file"):
+        check_writable(tmp_path / "adir")
+    assert check_writable(tmp_path / "m.onnx") == tmp_path / "m.onnx"
+    assert os.listdir(tmp_path) == ["adir"]  # the probe file is gone
+    if os.geteuid() != 0:  # root writes through permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            with pytest.raises(UsageError, match="cannot write"):
+                check_writable(ro / "m.onnx")
+        finally:
+            ro.chmod(0o755)
+
+
+def test_sigterm_during_save_removes_temporaries(tmp_path):
+    """A save interrupted by SIGTERM leaves neither the target nor temporary files."""
+    import signal
+    import subprocess
+    import sys
+
+    m = normalize(_conv_model())
+    onnx.save(m, tmp_path / "src.onnx")
+    code = f"""
+import os, signal, onnx
+import onnxprune.model as om
+real = om.write_external
+def interrupted(model, path, **kw):
+    real(model, path, **kw)          # the temporaries exist now
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise SystemExit("signal was not delivered")
+om.write_external = interrupted
+om.save_model(onnx.load({str(tmp_path / 'src.onnx')!r}), {str(tmp_path / 'out.onnx')!r}, external_data=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["src.onnx"]
+
+
+def test_stale_temporaries_of_a_killed_save_are_swept(tmp_path):
+    m = normalize(_conv_model())
+    dead = tmp_path / ".out.onnx.onnxprune-tmp-999999999"  # no such pid
+    dead.write_bytes(b"half a model")
+    save_model(m, tmp_path / "out.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx"]

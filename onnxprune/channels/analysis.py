@@ -83,12 +83,41 @@ def _matches(name: str, patterns: Sequence[str]) -> str | None:
     return None
 
 
+def _body_owners(graph: gs.Graph) -> dict[int, gs.Node]:
+    """id of every node inside a subgraph -> the main-graph node (If, Loop, Scan) holding it."""
+    owners: dict[int, gs.Node] = {}
+
+    def walk(g: gs.Graph, owner: gs.Node) -> None:
+        for n in g.nodes:
+            owners[id(n)] = owner
+            for sub in _subgraphs(n):
+                walk(sub, owner)
+
+    for node in graph.nodes:
+        for sub in _subgraphs(node):
+            walk(sub, node)
+    return owners
+
+
+def _subgraphs(node: gs.Node) -> list[gs.Graph]:
+    out: list[gs.Graph] = []
+    for value in node.attrs.values():
+        if isinstance(value, gs.Graph):
+            out.append(value)
+        elif isinstance(value, (list, tuple)):
+            out.extend(v for v in value if isinstance(v, gs.Graph))
+    return out
+
+
 def analyze(model: Model, protect: Sequence[str] = ()) -> Analysis:
     start = time.perf_counter()
     graph = model.graph
     ctx = Context(graph)
     tensors = graph.tensors()
     graph_inputs = {t.name for t in graph.inputs}
+    # Nodes inside If/Loop/Scan bodies read outer tensors by name (onnx-graphsurgeon lists
+    # them among the tensor's readers): channels reaching one are blocked, bodies are not pruned.
+    body_owner = _body_owners(graph)
     for node in graph.nodes:
         seed = SOURCES.get(node.op) if not node.domain else None
         if seed is None or _matches(node.name, protect):
@@ -107,6 +136,10 @@ def analyze(model: Model, protect: Sequence[str] = ()) -> Analysis:
             ctx.block(sp, "(output)", "model output")
         nodes = list(tensor.inputs) + list(tensor.outputs)
         for node in nodes:
+            owner = body_owner.get(id(node))
+            if owner is not None:
+                ctx.block(sp, owner.name, f"read inside a subgraph of {owner.op} {owner.name} (bodies are not pruned)")
+                continue
             pattern = _matches(node.name, protect)
             if pattern:
                 ctx.block(sp, node.name, f"protected by pattern {pattern!r}")
