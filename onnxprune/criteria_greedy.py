@@ -123,9 +123,11 @@ def terminal_consumers(analysis: Analysis, model: Model) -> dict[int, list[Termi
     group_of = {s: g.id for g in analysis.groups for s in g.spaces}
     nodes = {n.name: n for n in model.graph.nodes}
     out: dict[int, list[Terminal]] = {}
+    seen: set[tuple[str, int]] = set()
     for m in ctx.members:
-        if m.role is not Role.CONSUMER or m.node not in nodes:
+        if m.role is not Role.CONSUMER or m.node not in nodes or (m.node, m.space) in seen:
             continue
+        seen.add((m.node, m.space))
         node = nodes[m.node]
         gid = group_of[m.space]
         y = ctx.by_tensor.get(node.outputs[0].name)
