@@ -1,38 +1,55 @@
 """share-weights: per-layer k-means weight sharing stored as packed b-bit indices (Deep Compression).
 
 Before::  X ─Conv(W: float32[Cout, Cin, kh, kw])─▶ Y
-After::   P: uint8[ceil(n/8), b] ─Cast int32─▶ ─Gather(first)·1 + Gather(second)·256─▶
+After::   P: uint8[ceil(n/8), b] ─Cast int32─▶ ─Gather(first) + 256·Gather(second)─▶
           ─Div 2**offset─▶ ─mod 2**b─▶ ─Reshape[-1]─▶ (Slice 0:n) ─Gather(codebook[k])─▶
-          ─Reshape[Cout, Cin, kh, kw]─▶ W' ─▶ Conv(W')─▶ Y
+          ─Reshape[Cout, Cin, kh, kw]─▶ ─Mul(scale[Cout,1,1,1])─▶ W' ─▶ Conv(W')─▶ Y
 
 Per layer (Han et al. 2016, section 3): the n weights are clustered into k = 2**b shared
 values by 1-D k-means (Lloyd's algorithm, exact in 1-D on the sorted weights) with
-**linear initialisation**, the k centroids evenly spaced over [min W, max W] as the paper
-recommends (it keeps the rare large weights represented). Each weight is replaced by the
-index of its nearest centroid. When the layer has zeros (after ``prune-weights``) and
-``keep-zeros`` (default), 0 is centroid 0, held fixed, and only the nonzero weights are
-clustered over the other k−1 centroids, so pruned weights stay exactly zero. A layer with
-at most k distinct values is stored losslessly (the codebook is its distinct values).
+**linear initialisation**, the k centroids evenly spaced over [min, max] as the paper
+recommends. With ``scale=channel`` (default) the weights are first divided by their
+output channel's max |w| and the channel scales are stored beside the codebook
+(``W' = scale[c] · codebook[index]``): one codebook, but channels of very different
+magnitude (BN-folded, per-channel-quantised exports) no longer share a grid that fits
+only the largest; ``scale=none`` is the paper's plain codebook. When the layer has zeros
+(after ``prune-weights``) and ``keep-zeros`` (default), 0 is centroid 0, held fixed, and
+only the nonzero weights are clustered over the other k−1 centroids, so pruned weights
+stay exactly zero. A layer with at most k distinct values is stored losslessly.
+
+**Rounding.** Data-free (``rounding=nearest``, what the paper does before retraining):
+each weight takes its nearest centroid. With calibration data (``rounding=auto`` picks
+this when the context has real data; ``gptq`` demands it) the indices are chosen by GPTQ
+error feedback on each layer's input second moments XᵀX (:func:`gptq_codes`), which
+keeps the layer's *output* close instead of its weights; nothing is retrained. Depthwise
+convs get one XᵀX per channel; other grouped convs, SAME padding and batched MatMul
+weights use nearest rounding.
+
+**Bits per layer.** ``bits=b`` everywhere; or ``max-error=e``: one more bit at a time (up to
+``max-bits``) while the layer's relative error exceeds e (output error ‖ΔW·X‖/‖W·X‖ on
+the calibration inputs with data, weight error ‖ΔW‖/‖W‖ without); or ``budget=B``: every
+layer coded at every width in [bits, max-bits], then, from max-bits down, the layer whose
+next bit costs least squared relative error per byte saved gives it up, until the coded
+weights average at most B bits.
 
 **Storage.** The indices are packed b bits each into ``uint8`` (:mod:`onnxprune.coding`:
-8 indices per b bytes) next to a float codebook of k values. The decoder above is a
-constant subgraph of Cast/Gather/Mul/Add/Div/(Mod or Div·Mul·Sub)/Reshape/Slice, which
-every opset from 7 has; onnxruntime folds it when it builds the session, so inference
-runs the same dense float kernels as before (latency ratio ≈ 1, measured in
+8 indices per b bytes). The decoder above is a constant subgraph of
+Cast/Gather/Mul/Add/Div/(Mod, or Div·Mul·Sub before opset 10)/Reshape/Slice, which every
+opset from 7 has; onnxruntime folds it when it builds the session, so inference runs the
+same dense float kernels as before (latency ratio ≈ 1, measured in
 ``docs/benchmarks/deep_compression.md``). The small decoder tables are shared by every
-layer of the same width. Weights per layer: ``ceil(n/8)·b`` bytes + ``4k`` for the
-codebook instead of ``4n``. Layers too small to gain (the decoder's nodes cost a few
-hundred bytes) and biases stay float.
-
-**Bits per layer.** ``bits=b`` for every layer; with ``max-error=e`` a layer whose relative
-weight error ‖W − W'‖ / ‖W‖ exceeds e is retried with one more bit, up to ``max-bits``.
+layer of the same width. Weights per layer: ``ceil(n/8)·b`` bytes + ``4k`` (codebook) +
+``4·Cout`` (scales) instead of ``4n``. Layers too small to gain (a decoder costs about
+800 bytes of nodes) and biases stay float.
 
 **Reported**, per layer and in total: float bytes before, stored bytes after (indices +
-codebook), the Huffman-coded size of the indices plus codebook (the paper's figure; ONNX
-cannot decode Huffman, so it is not stored), and the serialised model size before/after.
+codebook + scales), the Huffman-coded size of the indices plus the same side data (the
+paper's figure; ONNX cannot decode Huffman, so it is not stored), the errors, and the
+serialised model size before/after.
 
 Loading an output with :func:`onnxprune.model.load_model` folds the decoder back into a
-dense float initializer (load-time normalisation): run ``share-weights`` last.
+dense float initializer (load-time normalisation), so run ``share-weights`` last and
+keep its output file as written; passes after it see no constant weights to change.
 """
 from __future__ import annotations
 
@@ -163,13 +180,17 @@ def as_rows(w: np.ndarray, reader: gs.Node) -> tuple[np.ndarray, bool]:
 def gptq_codes(coded: Coded, w: np.ndarray, reader: gs.Node, hessian: np.ndarray, damp: float = 0.01) -> Coded:
     """Re-pick ``coded``'s indices (same codebook and scales) by optimal-brain-quantization
     error feedback (GPTQ, Frantar et al. 2023) on the layer's input second moments
-    ``H = XᵀX / rows``: input features are rounded one at a time, largest ``H_jj`` first,
-    and each one's rounding error is pushed onto the features not yet rounded through the
-    Cholesky factor of ``H⁻¹``, so ``‖(W − W')X‖`` rather than ``‖W − W'‖`` is kept small.
-    Zeros held by a fixed zero centroid stay zero (their error is fed forward too)."""
+    ``H = XᵀX / rows``: input features are rounded one at a time (largest ``H_jj`` first
+    when H is shared by all outputs) and each one's rounding error is pushed onto the
+    features not yet rounded through the Cholesky factor of ``H⁻¹``, so ``‖(W − W')X‖``
+    rather than ``‖W − W'‖`` is kept small. ``hessian`` is ``[d, d]``, or ``[out, d, d]``
+    for a depthwise conv (each output sees its own input channel). Zeros held by a fixed
+    zero centroid stay zero (their rounding error is fed forward like any other)."""
     rows, transposed = as_rows(w.astype(np.float64), reader)
     out, d = rows.shape
-    if hessian.shape != (d, d):
+    h = np.array(hessian, dtype=np.float64)
+    shared = h.ndim == 2
+    if h.shape[-2:] != (d, d) or (not shared and h.shape[0] != out):
         return coded
     scale = np.ones(out) if coded.scale is None else coded.scale.astype(np.float64).reshape(-1)
     if scale.size != out:
@@ -178,38 +199,40 @@ def gptq_codes(coded: Coded, w: np.ndarray, reader: gs.Node, hessian: np.ndarray
     pruned, _ = as_rows(w == 0, reader)
     book = coded.codebook.astype(np.float64)
     rest = book[1:] if zero_fixed else book
-    h = np.array(hessian, dtype=np.float64)
-    diag = np.diag(h).copy()
-    dead = np.flatnonzero(diag <= 0)
-    h[dead, dead] = 1.0
-    h += damp * float(np.mean(diag[diag > 0])) * np.eye(d) if np.any(diag > 0) else np.eye(d)
-    perm = np.argsort(-np.diag(h), kind="stable")
+    h = h.reshape(-1, d, d)
+    diag = np.diagonal(h, axis1=1, axis2=2)
+    mean = np.where((diag > 0).any(1), np.where(diag > 0, diag, 0).sum(1) / np.maximum((diag > 0).sum(1), 1), 1.0)
+    h = h + np.eye(d) * (np.where(diag <= 0, 1.0, 0.0) + damp * mean[:, None])[:, None, :]
+    perm = np.argsort(-np.diagonal(h[0]), kind="stable") if shared else np.arange(d)
     work = rows[:, perm].copy()
     try:
-        upper = np.linalg.cholesky(np.linalg.inv(h[np.ix_(perm, perm)])).T
+        upper = np.swapaxes(np.linalg.cholesky(np.linalg.inv(h[:, perm][:, :, perm])), 1, 2)
     except np.linalg.LinAlgError:
         return coded
     codes = np.empty((out, d), dtype=np.int64)
     for j in range(d):
-        col = work[:, j] / scale
-        c = nearest(col, rest) + (1 if zero_fixed else 0)
+        c = nearest(work[:, j] / scale, rest) + (1 if zero_fixed else 0)
         if zero_fixed:
             c = np.where(pruned[:, perm[j]], 0, c)
         codes[:, j] = c
-        err = (work[:, j] - book[c] * scale) / upper[j, j]
-        work[:, j + 1:] -= np.outer(err, upper[j, j + 1:])
+        err = (work[:, j] - book[c] * scale) / upper[:, j, j]
+        work[:, j + 1:] -= err[:, None] * upper[:, j, j + 1:]
     codes = codes[:, np.argsort(perm)]
     flat = (codes.T if transposed else codes).reshape(-1)
     return Coded(flat, coded.codebook, coded.bits, coded.lossless, coded.zeros_kept, coded.scale)
 
 
 def output_error(w: np.ndarray, approx: np.ndarray, reader: gs.Node, hessian: np.ndarray) -> float:
-    """Relative output error on the calibration inputs: sqrt(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ))."""
+    """Relative output error on the calibration inputs: sqrt(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ))
+    (per output row with its own H for a depthwise conv)."""
     a, _ = as_rows(w.astype(np.float64), reader)
     b, _ = as_rows(approx.astype(np.float64), reader)
     diff = a - b
-    den = float(np.sum((a @ hessian) * a))
-    num = float(np.sum((diff @ hessian) * diff))
+    if hessian.ndim == 2:
+        den, num = float(np.sum((a @ hessian) * a)), float(np.sum((diff @ hessian) * diff))
+    else:
+        den = float(np.einsum("oi,oij,oj->", a, hessian, a, optimize=True))
+        num = float(np.einsum("oi,oij,oj->", diff, hessian, diff, optimize=True))
     return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
 
 
@@ -229,8 +252,9 @@ def layer_hessians(model: Model, ctx: PassContext, groups: list[WeightTensor]) -
         node, slot = g.readers[0]
         w = g.values
         if node.op == "Conv":
-            if w.ndim != 4 or int(node.attrs.get("group", 1)) != 1:
-                continue
+            group = int(node.attrs.get("group", 1))
+            if w.ndim != 4 or not (group == 1 or (w.shape[1] == 1 and group == w.shape[0])):
+                continue  # grouped convs other than depthwise: plain rounding
             try:
                 plan[i] = (node.inputs[0].name, ConvGeom.of_node(node, w.shape))
             except ValueError:
@@ -242,6 +266,8 @@ def layer_hessians(model: Model, ctx: PassContext, groups: list[WeightTensor]) -
         return {}
     tap = Tap(model.to_onnx(), sorted({name for name, _ in plan.values()}), ctx.target.threads, optimize=True)
     grams = {i: Gram() for i in plan}
+    depthwise: dict[int, np.ndarray] = {}  # per-channel XᵀX [C, kh·kw, kh·kw] and row counts
+    counts: dict[int, int] = {}
     pending: dict[int, list[np.ndarray]] = {i: [] for i in plan}
     rng = np.random.default_rng(ctx.seed)
 
@@ -257,6 +283,11 @@ def layer_hessians(model: Model, ctx: PassContext, groups: list[WeightTensor]) -
             if geom is not None:
                 oh, ow = geom.out_hw(x.shape[2], x.shape[3])
                 rows = conv_rows(x, geom, sample_positions(x.shape[0], oh, ow, ROWS_PER_SAMPLE * x.shape[0], rng))
+                if geom.group > 1:
+                    r = rows.reshape(len(rows), geom.group, -1).astype(np.float64)
+                    depthwise[i] = depthwise.get(i, 0) + np.einsum("rci,rcj->cij", r, r, optimize=True)
+                    counts[i] = counts.get(i, 0) + len(rows)
+                    continue
             else:
                 rows = feature_rows(x)
                 limit = ROWS_PER_SAMPLE * (x.shape[0] if x.ndim > 2 else 1)
@@ -265,8 +296,11 @@ def layer_hessians(model: Model, ctx: PassContext, groups: list[WeightTensor]) -
             pending[i].append(np.asarray(rows, dtype=np.float32))
             flush(i, 4096)
     for i in plan:
-        flush(i, 1)
-    return {i: g.xtx / g.rows for i, g in grams.items() if g.rows and g.xtx is not None}
+        if pending[i]:
+            flush(i, 1)
+    out = {i: g.xtx / g.rows for i, g in grams.items() if g.rows and g.xtx is not None}
+    out.update({i: h / counts[i] for i, h in depthwise.items()})
+    return out
 
 
 # --------------------------------------------------------------------------- the decoder subgraph
@@ -374,6 +408,7 @@ class Options:
     scale: Literal["channel", "none"] = "channel"
     rounding: Literal["auto", "nearest", "gptq"] = "auto"
     max_error: float | None = None
+    budget: float | None = None
     max_bits: int = MAX_BITS
     keep_zeros: bool = True
     iterations: int = 50
@@ -395,6 +430,10 @@ class Options:
             raise UsageError(f"pass share-weights: rounding must be auto, nearest or gptq, got {self.rounding!r}")
         if self.max_bits < self.bits:
             raise UsageError(f"pass share-weights: max-bits={self.max_bits} is below bits={self.bits}")
+        if self.budget is not None:
+            check_range("share-weights", "budget", self.budget, 1.0, float(MAX_BITS))
+            if self.max_error is not None:
+                raise UsageError("pass share-weights: give max-error or budget, not both")
         if self.max_error is not None:
             check_range("share-weights", "max-error", self.max_error, 0.0, 1.0, lo_open=True)
         if isinstance(self.iterations, bool) or int(self.iterations) != self.iterations or self.iterations < 0:
@@ -425,13 +464,12 @@ class ShareWeights(Pass):
             ctx.require_data(self.name, "rounding=gptq")
         use_data = opts.rounding == "gptq" or (opts.rounding == "auto" and ctx.has_data)
         hessians = layer_hessians(model, ctx, kept) if use_data and kept else {}
+        chosen = self._choose(kept, hessians)
         plans: list[tuple[WeightTensor, Coded, dict[str, Any]]] = []
-        for i, g in enumerate(kept):
-            w = g.values
-            coded, errors = self._code(w, g.output_axis() if opts.scale == "channel" else None, g.readers[0][0],
-                                       hessians.get(i))
-            if stored_bytes(coded) + DECODER_OVERHEAD >= w.nbytes:
-                skipped.extend({"name": name, "reason": f"too small to gain ({w.size} weights)"} for name in g.names)
+        for g, (coded, errors) in zip(kept, chosen):
+            if stored_bytes(coded) + DECODER_OVERHEAD >= g.values.nbytes:
+                skipped.extend({"name": name, "reason": f"too small to gain ({g.values.size} weights)"}
+                               for name in g.names)
                 continue
             plans.append((g, coded, errors))
         if not plans:
@@ -450,7 +488,8 @@ class ShareWeights(Pass):
                 node.inputs[slot] = decoded
             lines.append({"name": ",".join(g.names), "tensor": name, "shape": list(w.shape),
                           "params": int(w.size), "bits": coded.bits, "k": int(coded.codebook.size),
-                          "lossless": coded.lossless, "zeros_kept": coded.zeros_kept, **errors,
+                          "lossless": coded.lossless, "zeros_kept": coded.zeros_kept,
+                          **{k: v for k, v in errors.items() if k != "error"},
                           "float_bytes": int(w.nbytes), "stored_bytes": stored_bytes(coded),
                           "huffman_bytes": huffman_bytes(coded)})
         model.touch()
@@ -468,24 +507,64 @@ class ShareWeights(Pass):
         }
         return PassResult(True, stats)
 
-    def _code(self, w: np.ndarray, axis: int | None, reader: gs.Node, hessian: np.ndarray | None
-              ) -> tuple[Coded, dict[str, Any]]:
-        """Code at ``bits``, then one more bit at a time while the error is over ``max-error``
-        (the output error on the calibration inputs when there is data, else the weight error)."""
+    def _code(self, g: WeightTensor, bits: int, hessian: np.ndarray | None) -> tuple[Coded, dict[str, Any]]:
+        """One layer at ``bits``, with its errors: weight, and output on the calibration inputs
+        when there is data."""
         opts: Options = self.options
-        bits = opts.bits
-        while True:
-            coded = share(w, bits, keep_zeros=opts.keep_zeros, iterations=opts.iterations, axis=axis)
-            if hessian is not None and not coded.lossless:
-                coded = gptq_codes(coded, w, reader, hessian)
-            approx = coded.decode(w.shape)
-            errors = {"rel_error": round(relative_error(w, approx), 6)}
-            if hessian is not None:
-                errors["output_error"] = round(output_error(w, approx, reader, hessian), 6)
-            err = errors.get("output_error", errors["rel_error"])
-            if opts.max_error is None or err <= opts.max_error or bits >= opts.max_bits or coded.lossless:
-                return coded, errors
-            bits += 1
+        w, reader = g.values, g.readers[0][0]
+        coded = share(w, bits, keep_zeros=opts.keep_zeros, iterations=opts.iterations,
+                      axis=g.output_axis() if opts.scale == "channel" else None)
+        if hessian is not None and not coded.lossless:
+            coded = gptq_codes(coded, w, reader, hessian)
+        approx = coded.decode(w.shape)
+        errors: dict[str, Any] = {"rel_error": round(relative_error(w, approx), 6)}
+        if hessian is not None:
+            errors["output_error"] = round(output_error(w, approx, reader, hessian), 6)
+        errors["error"] = errors.get("output_error", errors["rel_error"])
+        return coded, errors
+
+    def _choose(self, groups: list[WeightTensor], hessians: dict[int, np.ndarray]
+                ) -> list[tuple[Coded, dict[str, Any]]]:
+        """Bits per layer: ``bits``; with ``max-error``, one more bit at a time while the layer's
+        error is over it (up to ``max-bits``); with ``budget``, the allocation below."""
+        opts: Options = self.options
+        if opts.budget is None:
+            out = []
+            for i, g in enumerate(groups):
+                bits = opts.bits
+                while True:
+                    coded, errors = self._code(g, bits, hessians.get(i))
+                    if opts.max_error is None or errors["error"] <= opts.max_error or bits >= opts.max_bits \
+                            or coded.lossless:
+                        break
+                    bits += 1
+                out.append((coded, errors))
+            return out
+        # budget: every layer coded at every width in [bits, max-bits]; start at max-bits and
+        # lower, one bit at a time, the layer whose next drop adds the least squared relative
+        # error per byte saved, until the coded weights average at most ``budget`` bits.
+        levels = [{b: self._code(g, b, hessians.get(i)) for b in range(opts.bits, opts.max_bits + 1)}
+                  for i, g in enumerate(groups)]
+        pick = [opts.max_bits if not lv[opts.max_bits][0].lossless else min(lv) for lv in levels]
+        n = sum(g.values.size for g in groups)
+
+        def index_bits() -> int:
+            return sum(8 * packed_nbytes(g.values.size, levels[i][pick[i]][0].bits) for i, g in enumerate(groups))
+
+        while index_bits() > opts.budget * n:
+            best, best_rate = -1, np.inf
+            for i, g in enumerate(groups):
+                b = pick[i]
+                if b <= opts.bits or levels[i][b][0].lossless:
+                    continue
+                saved = packed_nbytes(g.values.size, b) - packed_nbytes(g.values.size, b - 1)
+                cost = levels[i][b - 1][1]["error"] ** 2 - levels[i][b][1]["error"] ** 2
+                if saved > 0 and cost / saved < best_rate:
+                    best, best_rate = i, cost / saved
+            if best < 0:
+                break  # every layer is at ``bits``: the budget cannot be met
+            pick[best] -= 1
+        return [levels[i][pick[i]] for i in range(len(groups))]
 
 
 def share_weights(proto: Any, **options: Any) -> Any:

@@ -26,6 +26,7 @@ from onnxprune.coding import (
     packed_shape,
     unpack_indices,
 )
+from onnxprune.context import PassContext
 from onnxprune.errors import UsageError
 from onnxprune.model import normalize, save_model
 from onnxprune.runtime import session_options
@@ -266,3 +267,68 @@ def test_bad_options_are_one_line_usage_errors(spec: str) -> None:
     with pytest.raises(UsageError) as err:
         REGISTRY.create(spec)
     assert "\n" not in str(err.value)
+
+
+def calibration(model: onnx.ModelProto, n: int = 24, seed: int = 3) -> PassContext:
+    from onnxprune.data import Dataset
+
+    feeds = [random_feeds(model, seed=seed + i, batch=4) for i in range(n // 4)]
+    return PassContext(calib=Dataset(feeds, None, "random test batches"), calib_kind="data")
+
+
+def test_gptq_rounding_lowers_the_output_error_and_keeps_zeros() -> None:
+    model = conv_model(c1=32, c2=64)
+    pruned, _ = apply(model, "prune-weights:sparsity=0.4")
+    ctx = calibration(model)
+    plain, (near,) = run_passes(pruned, ["share-weights:bits=3,rounding=nearest"], ctx=ctx)
+    fed, (gptq,) = run_passes(pruned, ["share-weights:bits=3"], ctx=ctx)  # auto: data given, so gptq
+    onnx.checker.check_model(fed, full_check=True)
+    assert near.stats["rounding"] == "nearest" and gptq.stats["rounding"] == "gptq"
+    assert gptq.stats["gptq_layers"] == 3
+    for a, b in zip(near.stats["layers"], gptq.stats["layers"]):
+        assert b["zeros_kept"] == a["zeros_kept"] > 0
+        assert b["rel_error"] >= a["rel_error"]  # GPTQ trades weight error for output error
+        assert 0 < b["output_error"] < 0.3
+    feeds = ctx.calib.batches[0]
+    ref = run(pruned, feeds)[0]
+    err = [np.linalg.norm(run(m, feeds)[0] - ref) for m in (plain, fed)]
+    assert err[1] < err[0]
+
+
+def test_gptq_needs_data() -> None:
+    with pytest.raises(UsageError):
+        run_passes(conv_model(c1=32, c2=64), ["share-weights:rounding=gptq"])
+
+
+def test_budget_meets_the_average_bits() -> None:
+    model = conv_model(c1=32, c2=64)
+    _, (rec,) = apply(model, "share-weights:bits=2,budget=3.5,max-bits=5")
+    lines = rec["stats"]["layers"]
+    index_bits = sum(8 * packed_nbytes(line["params"], line["bits"]) for line in lines)
+    assert index_bits <= 3.5 * sum(line["params"] for line in lines)
+    assert all(2 <= line["bits"] <= 5 for line in lines) and len({line["bits"] for line in lines}) > 1
+    with pytest.raises(UsageError):
+        REGISTRY.create("share-weights:budget=3,max-error=0.1")
+
+
+def depthwise_model(c: int = 16) -> onnx.ModelProto:
+    """X[N,c,12,12] ─Conv 1x1 (c)─▶ Relu ─depthwise Conv 3x3─▶ Y"""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Conv", ["X", "W0"], ["a"], name="pw"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "W1"], ["Y"], name="dw", group=c, pads=[1, 1, 1, 1])]
+    inits = {"W0": rng.standard_normal((c, c, 1, 1)).astype(np.float32),
+             "W1": rng.standard_normal((c, 1, 3, 3)).astype(np.float32) * rng.uniform(0.1, 3, (c, 1, 1, 1)).astype(
+                 np.float32)}
+    return normalize(make_model(nodes, [vinfo("X", ["N", c, 12, 12])], [vinfo("Y", None)], inits))
+
+
+def test_depthwise_convs_get_per_channel_error_feedback() -> None:
+    model = depthwise_model(64)
+    ctx = calibration(model)
+    fed, (rec,) = run_passes(model, ["share-weights:bits=3,min-params=0,layers=dw"], ctx=ctx)
+    plain, _ = run_passes(model, ["share-weights:bits=3,min-params=0,layers=dw,rounding=nearest"], ctx=ctx)
+    assert rec.stats["gptq_layers"] == 1
+    feeds = ctx.calib.batches[0]
+    ref = run(model, feeds)[0]
+    assert np.linalg.norm(run(fed, feeds)[0] - ref) < np.linalg.norm(run(plain, feeds)[0] - ref)

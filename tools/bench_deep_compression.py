@@ -1,0 +1,209 @@
+"""Deep Compression on the zoo CNNs: prune-weights and share-weights, size on disk vs top-1.
+
+For each model: the 1000 zoo images are split with ``onnxprune.data.split_dataset(seed=0)``
+into 256 calibration images (what share-weights' GPTQ rounding may look at) and 744
+evaluation images (top-1 is measured on these only). Each row compresses the original
+with one pass list, saves it, and reports
+
+* the file size on disk and its ratio to the original's, the bits per coded weight, and
+  the paper-style size with Huffman-coded indices (reported, not stored: ONNX cannot
+  decode Huffman);
+* top-1 on the 744 evaluation images and the change from the original;
+* latency ratio compressed/original at batch 1, 1 thread, timed interleaved, repeated
+  (median of the repeats, with their min..max), and session-creation time (the decoder
+  is folded then).
+
+Usage::
+
+    python tools/bench_deep_compression.py [--models squeezenet1.1 mobilenetv2] [--quick]
+
+Writes docs/benchmarks/deep_compression.md and .json. Not part of the onnxprune package.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib as bl  # noqa: E402
+
+MODELS = {
+    # name: (recipe, batch for evaluation and calibration)
+    "squeezenet1.1": ("caffe-bgr", 1),
+    "mobilenetv2": ("torchvision", 16),
+    "efficientnet-lite0": ("efficientnet-lite", 16),
+}
+
+CONFIGS: list[tuple[str, list[str], str]] = [
+    ("prune 50 % (dense)", ["prune-weights:sparsity=0.5"], "stored dense: same size, same speed"),
+    ("share 4 b, data-free", ["share-weights:bits=4,rounding=nearest"], "k-means + nearest centroid"),
+    ("share 4 b", ["share-weights:bits=4"], "GPTQ rounding on the calibration split"),
+    ("share 3 b", ["share-weights:bits=3"], ""),
+    ("share 3..6 b, max-error 0.1", ["share-weights:bits=3,max-error=0.1,max-bits=6"], "per-layer fallback"),
+    ("prune 30 % + share 4 b", ["prune-weights:sparsity=0.3", "share-weights:bits=4"], ""),
+    ("prune q=0.2 + share 3..6 b", ["prune-weights:threshold=0.2", "share-weights:bits=3,max-error=0.1,max-bits=6"],
+     ""),
+    ("prune-channels 0.2 + prune 30 % + share 4 b",
+     ["prune-channels:ratio=0.2", "prune-weights:sparsity=0.3", "share-weights:bits=4"], "channel pruning first"),
+]
+
+PAPER = [
+    ("AlexNet", "35x", "no loss, with retraining (pruning 9x, 5-8 bit sharing, Huffman)"),
+    ("VGG-16", "49x", "no loss, with retraining"),
+    ("SqueezeNet", "510x vs AlexNet (10x on SqueezeNet itself)", "with retraining (Iandola et al. 2016)"),
+]
+
+
+def split_images(images: bl.ImageSet) -> tuple[bl.ImageSet, bl.ImageSet]:
+    """onnxprune's own seeded split (256 calibration, the rest evaluation), on sample indices."""
+    from onnxprune.data import Dataset, split_dataset
+
+    ds = Dataset([{"i": np.arange(len(images.labels))[:, None]}], images.labels, images.source)
+    calib, evaluation = split_dataset(ds, 256, seed=0)
+    assert calib.indices is not None and evaluation.indices is not None
+    assert not set(calib.indices) & set(evaluation.indices)
+    pick = lambda idx, what: bl.ImageSet(images.pixels[idx], images.labels[idx], what)  # noqa: E731
+    return pick(calib.indices, "calibration (256)"), pick(evaluation.indices, f"evaluation ({len(evaluation.indices)})")
+
+
+def latency(original: Any, compressed: Any, feed: dict[str, np.ndarray], repeats: int, runs: int) -> dict[str, Any]:
+    ratios = []
+    for _ in range(repeats):
+        t = bl.latency_ratios([original, compressed], feed, runs=runs, warmup=3)
+        ratios.append(t[1]["ratio"])
+    return {"ratio": float(np.median(ratios)), "min": float(min(ratios)), "max": float(max(ratios)),
+            "repeats": repeats, "runs": runs}
+
+
+def bench_model(name: str, images: bl.ImageSet, configs: list[tuple[str, list[str], str]], repeats: int,
+                runs: int) -> dict[str, Any]:
+    from onnxprune.api import run_passes
+    from onnxprune.context import PassContext
+    from onnxprune.data import Dataset, parse_recipe
+    from onnxprune.model import load_model, save_model
+
+    recipe_name, batch = MODELS[name]
+    recipe = parse_recipe(recipe_name)
+    path = bl.ZOO / "models" / f"{name}.onnx"
+    original = load_model(path)
+    calib, evaluation = split_images(images)
+    input_name = original.graph.input[0].name
+    ctx = PassContext(calib=Dataset([{input_name: x} for x in calib.batches(recipe, batch)], calib.labels,
+                                    calib.source), calib_kind="data", seed=0)
+    feed = {input_name: next(evaluation.batches(recipe, 1))}
+    t0 = time.perf_counter()
+    base_sess = bl.session(original)
+    base_load = time.perf_counter() - t0
+    base_top1 = bl.top1(base_sess, evaluation, recipe, batch)
+    size0 = path.stat().st_size
+    print(f"{name}: {size0 / 1e6:.2f} MB, top-1 {100 * base_top1:.2f} % on {evaluation.source}", flush=True)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-dc-") as tmp:
+        for label, specs, note in configs:
+            t0 = time.perf_counter()
+            try:
+                out, records = run_passes(original, specs, ctx=ctx)
+            except Exception as exc:  # a row that fails is reported, not hidden
+                rows.append({"config": label, "passes": specs, "error": bl.first_line(exc)})
+                print(f"  {label}: FAILED {bl.first_line(exc)}", flush=True)
+                continue
+            seconds = time.perf_counter() - t0
+            target = Path(tmp) / f"{name}.onnx"
+            save_model(out, target)
+            size = target.stat().st_size
+            t0 = time.perf_counter()
+            sess = bl.session(out)
+            load_s = time.perf_counter() - t0
+            top1 = bl.top1(sess, evaluation, recipe, batch)
+            lat = latency(base_sess, sess, feed, repeats, runs)
+            share = next((r.stats for r in records if r.name == "share-weights" and r.modified), None)
+            prune = next((r.stats for r in records if r.name == "prune-weights" and r.modified), None)
+            huffman = None
+            if share:  # the same file with the indices Huffman-coded (the paper's figure)
+                huffman = size - share["stored_bytes"] + share["huffman_bytes"]
+            row = {
+                "config": label, "passes": specs, "note": note, "bytes": size, "size_ratio": size0 / size,
+                "huffman_bytes": huffman, "huffman_ratio": size0 / huffman if huffman else None,
+                "bits_per_weight": share["bits_per_weight"] if share else None,
+                "bits_histogram": share["bits_histogram"] if share else None,
+                "rounding": share["rounding"] if share else None,
+                "sparsity": prune["sparsity"] if prune else None,
+                "top1": top1, "delta_points": 100 * (top1 - base_top1), "latency": lat,
+                "session_s": load_s, "base_session_s": base_load, "compress_s": seconds,
+            }
+            rows.append(row)
+            print(f"  {label}: {size_ratio(row)}  top-1 {100 * top1:.2f} ({row['delta_points']:+.2f})  "
+                  f"latency x{lat['ratio']:.3f} [{lat['min']:.3f}..{lat['max']:.3f}]  {seconds:.0f}s", flush=True)
+    return {"model": name, "bytes": size0, "top1": base_top1, "evaluation": evaluation.source,
+            "calibration": calib.source, "rows": rows}
+
+
+def size_ratio(row: dict[str, Any]) -> str:
+    return f"{row['size_ratio']:.2f}x"
+
+
+def markdown(env: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    out = ["# Deep Compression: prune-weights and share-weights on the zoo CNNs", ""]
+    out += bl.env_lines(env)
+    out += [
+        "* data: 1000 zoo ImageNet images split by `onnxprune.data.split_dataset(seed=0)`: 256 calibration "
+        "(GPTQ rounding of share-weights reads their layer inputs), 744 evaluation (every top-1 below)",
+        "* size: the saved .onnx file on disk; ratio = original file / compressed file. `Huffman` is the same "
+        "file with the packed indices replaced by their Huffman-coded size (the paper's accounting; ONNX has no "
+        "Huffman decoder, so it is reported, not stored)",
+        "* latency: compressed / original at batch 1, 1 thread, interleaved; median of the repeats [min..max]. "
+        "`session` is the time to build the onnxruntime session (the weight decoder is folded then)",
+        "* retraining-free: nothing here is fine-tuned. The paper's figures are after retraining.",
+        "",
+    ]
+    for res in results:
+        out += [f"## {res['model']}", "",
+                f"Original: {res['bytes'] / 1e6:.2f} MB, top-1 {100 * res['top1']:.2f} % on {res['evaluation']}.", ""]
+        table = []
+        for r in res["rows"]:
+            if "error" in r:
+                table.append([r["config"], "`" + " ".join(r["passes"]) + "`", "failed: " + r["error"]] + [""] * 7)
+                continue
+            lat = r["latency"]
+            table.append([
+                r["config"], "`" + " ".join(r["passes"]) + "`", f"{r['bytes'] / 1e6:.3f}", f"{r['size_ratio']:.2f}x",
+                f"{r['huffman_ratio']:.2f}x" if r["huffman_ratio"] else "",
+                f"{r['bits_per_weight']:.2f}" if r["bits_per_weight"] else "",
+                f"{100 * r['top1']:.2f} ({r['delta_points']:+.2f})",
+                f"{lat['ratio']:.3f} [{lat['min']:.3f}..{lat['max']:.3f}]",
+                f"{r['session_s']:.2f} / {r['base_session_s']:.2f}", f"{r['compress_s']:.0f}",
+            ])
+        out.append(bl.md_table(["setting", "passes", "MB", "size ratio", "Huffman", "bits/weight",
+                                "top-1 % (points)", "latency ratio", "session s (vs orig)", "compress s"], table))
+        out.append("")
+    out += ["## Against the paper (Han et al. 2016, with retraining)", ""]
+    out.append(bl.md_table(["network", "claimed", "how"], PAPER))
+    out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["squeezenet1.1", "mobilenetv2"], choices=list(MODELS))
+    ap.add_argument("--configs", nargs="*", help="labels of the rows to run (default: all)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--out", default="deep_compression")
+    args = ap.parse_args(argv)
+    env = bl.environment()
+    images = bl.image_set(bl.ZOO / "data" / "imagenet-sample")
+    configs = [c for c in CONFIGS if not args.configs or c[0] in args.configs]
+    results = [bench_model(m, images, configs, args.repeats, args.runs) for m in args.models]
+    md, js = bl.write_report(args.out, markdown(env, results), {"environment": env, "results": results})
+    print(f"wrote {md} and {js}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
