@@ -544,6 +544,7 @@ def _one_line(text: str) -> str:
 
 
 def _setup_logging(verbose: bool) -> None:
+    logging.captureWarnings(True)  # warnings.warn (numpy, onnx) would be extra stderr lines
     root = logging.getLogger()
     for h in list(root.handlers):
         if isinstance(h, _Collect) or getattr(h, "_onnxprune", False):

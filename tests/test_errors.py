@@ -251,7 +251,10 @@ def test_warnings_do_not_reach_stderr(capsys, tmp_path):
     real = cli.run
 
     def noisy(args, progress=None):
+        import warnings
+
         logging.getLogger("onnxprune.test").warning("something odd")
+        warnings.warn("a library's UserWarning", UserWarning, stacklevel=1)
         return real(args, progress)
 
     cli.run = noisy  # type: ignore[assignment]
@@ -261,7 +264,7 @@ def test_warnings_do_not_reach_stderr(capsys, tmp_path):
         cli.run = real  # type: ignore[assignment]
     out, err = capsys.readouterr()
     assert code == 0 and err == "", err
-    assert "something odd" in out
+    assert "something odd" in out and "UserWarning" in out
 
 
 def test_stderr_is_silent_when_not_a_terminal(tmp_path):
