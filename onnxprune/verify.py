@@ -3,7 +3,8 @@
 Checks, in order: every tensor has one producer (and is not also an initializer or a
 graph input), the graph is acyclic, graph inputs and outputs keep their names, element
 types and shapes, ``onnx.checker`` (full check, which includes strict shape inference
-with type checks: no second inference is run) passes, and onnxruntime builds a session.
+with type checks: no second inference is run) passes, and onnxruntime builds a session
+and runs it once on dummy inputs (some errors show only when a node runs).
 ``onnx.checker`` alone is not enough: it accepts models onnxruntime refuses (a Conv bias
 of the wrong length, for one).
 
@@ -84,9 +85,43 @@ def check_runtime(model: onnx.ModelProto, reference: onnx.ModelProto | None = No
     from onnxprune.runtime import make_session
 
     try:
-        make_session(model, optimize=False)
+        session = make_session(model, optimize=False)
     except OnnxPruneError as exc:
         raise VerificationError(f"onnxruntime refuses the model: {_first_line(exc)}") from exc
+    # Building a session is not enough: onnxruntime checks a Conv bias's length, say, only
+    # when it runs the node. One run on dummy inputs (ones, symbolic dims 1) catches those;
+    # a failure the reference shows on the same inputs is the input's, not the pass's.
+    feeds = _dummy_feeds(model)
+    if feeds is None:
+        return
+    try:
+        session.run(None, feeds)
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        if reference is not None and not _runs(reference, feeds):
+            return
+        raise VerificationError(f"onnxruntime cannot run the model: {_first_line(exc)}") from exc
+
+
+def _dummy_feeds(model: onnx.ModelProto) -> dict[str, Any] | None:
+    from onnxprune.shapes import concrete_input_shapes, dummy_feeds
+
+    try:
+        shapes = concrete_input_shapes(model)
+        if len(shapes) != len([i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]):
+            return None  # an input of unknown rank: no dummy value for it
+        return dummy_feeds(model, shapes)
+    except OnnxPruneError:
+        return None
+
+
+def _runs(model: onnx.ModelProto, feeds: dict[str, Any]) -> bool:
+    from onnxprune.runtime import make_session
+
+    try:
+        make_session(model, optimize=False).run(None, feeds)
+    except Exception:  # onnxruntime raises its own untyped errors
+        return False
+    return True
 
 
 def _full_check_error(model: onnx.ModelProto) -> str | None:
