@@ -97,7 +97,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return _g(v)
     if isinstance(v, dict):
-        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items()) or "none"
     if isinstance(v, list):
         return f"{len(v)} item(s)"
     return str(v)
@@ -272,19 +272,35 @@ def _validation_tables(report: dict[str, Any]) -> list[Table]:
 
 
 def _pass_detail_tables(report: dict[str, Any]) -> list[Table]:
-    """Each list of dicts in a pass's stats (per_group, layers, blocked ...) as a table."""
+    """Each list of dicts in a pass's stats (per_group, layers, blocked ...) as a table,
+    also one level down (``reconstruction.layers``: per-layer error before/after refit),
+    whose scalar siblings (samples used, seconds) go in the title."""
     out: list[Table] = []
     for i, p in enumerate(report.get("passes", [])):
+        where = f"{p.get('name', '?')} (pass {i + 1})"
         for key, value in (p.get("stats") or {}).items():
-            if not (isinstance(value, list) and value and all(isinstance(x, dict) for x in value)):
-                continue
-            cols: list[str] = []
-            for row in value:
-                cols += [k for k in row if k not in cols]
-            rows = [[_cell(row.get(c)) for c in cols] for row in value[:DETAIL_ROWS]]
-            more = f", first {DETAIL_ROWS} of {len(value)}" if len(value) > DETAIL_ROWS else ""
-            out.append((f"{p.get('name', '?')} (pass {i + 1}): {key.replace('_', ' ')}{more}", cols, rows))
+            if _is_rows(value):
+                out.append(_rows_table(f"{where}: {key.replace('_', ' ')}", value))
+            elif isinstance(value, dict):
+                scalars = {k: v for k, v in value.items() if not isinstance(v, (list, dict))}
+                for sub, rows in value.items():
+                    if _is_rows(rows):
+                        note = f" ({_fmt(scalars)})" if scalars else ""
+                        out.append(_rows_table(f"{where}: {key.replace('_', ' ')} {sub.replace('_', ' ')}{note}", rows))
     return out
+
+
+def _is_rows(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(x, dict) for x in value)
+
+
+def _rows_table(title: str, value: list[dict[str, Any]]) -> Table:
+    cols: list[str] = []
+    for row in value:
+        cols += [k for k in row if k not in cols]
+    rows = [[_cell(row.get(c)) for c in cols] for row in value[:DETAIL_ROWS]]
+    more = f", first {DETAIL_ROWS} of {len(value)}" if len(value) > DETAIL_ROWS else ""
+    return (title + more, cols, rows)
 
 
 def _cell(v: Any) -> str:

@@ -169,3 +169,13 @@ def test_cli_report_end_to_end(capsys, tmp_path):
     assert "Per-layer cost" in md and "| Convolution110 | Conv |" in md
     assert "FLOPs at Input3 1x1x28x28 (from the data)" in md
     assert "| ratio=0.5, round_to=4, latency_guard=False |" in md  # what was asked, beside what the pass did
+
+
+def test_nested_per_layer_lists_become_tables():
+    rep = _report()
+    rep["passes"][0]["stats"]["reconstruction"] = {
+        "method": "ls", "samples": 256,
+        "layers": [{"name": "conv2", "op": "Conv", "rel_error_before": 0.65, "rel_error_after": 0.61}]}
+    md = render_markdown(rep)
+    assert "## prune-channels (pass 1): reconstruction layers (method=ls, samples=256)" in md
+    assert "| conv2 | Conv | 0.65 | 0.61 |" in md
