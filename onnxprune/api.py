@@ -85,6 +85,7 @@ def prepare_data(original: onnx.ModelProto, *, data: str | os.PathLike[str] | No
     )
     from onnxprune.errors import DataError
 
+    tok = Path(tokenizer) if tokenizer is not None else None
     shapes = resolve_input_shapes(original, input_shapes if isinstance(input_shapes, dict)
                                   else parse_input_shapes(input_shapes))
     rec = parse_recipe(recipe) if recipe else None
@@ -96,10 +97,10 @@ def prepare_data(original: onnx.ModelProto, *, data: str | os.PathLike[str] | No
     evaluation = None
     if calib is not None:
         calib_ds = load_dataset(original, calib, recipe=rec, labels=None, limit=n_calib, batch_size=batch_size,
-                                seed=seed, progress=progress, tokenizer=tokenizer, shapes=shapes)
+                                seed=seed, progress=progress, tokenizer=tok, shapes=shapes)
         if data is not None and need_eval:
             evaluation = load_dataset(original, data, recipe=rec, labels=labels, limit=limit, batch_size=batch_size,
-                                      seed=seed, progress=progress, tokenizer=tokenizer, shapes=shapes)
+                                      seed=seed, progress=progress, tokenizer=tok, shapes=shapes)
             seen = set(_sample_hashes(calib_ds))
             keep = np.array([i for i, h in enumerate(_sample_hashes(evaluation)) if h not in seen], dtype=np.int64)
             dropped = evaluation.n_samples - len(keep)
@@ -112,7 +113,7 @@ def prepare_data(original: onnx.ModelProto, *, data: str | os.PathLike[str] | No
         report["split"] = "separate --calib and --data"
     elif data is not None:
         full = load_dataset(original, data, recipe=rec, labels=labels, limit=limit, batch_size=batch_size,
-                            seed=seed, progress=progress, tokenizer=tokenizer, shapes=shapes)
+                            seed=seed, progress=progress, tokenizer=tok, shapes=shapes)
         calib_ds, evaluation = split_dataset(full, n_calib, seed=seed, batch_size=step)
         report["split"] = {"from": full.source, "calibration": calib_ds.n_samples, "evaluation": evaluation.n_samples,
                            "seed": seed, "disjoint": True}

@@ -222,7 +222,7 @@ class Evaluator:
     def run(self, model: onnx.ModelProto | Any) -> list[dict[str, np.ndarray]]:
         from onnxprune.runtime import make_session
 
-        sess = model if hasattr(model, "get_outputs") else make_session(model, self.threads)
+        sess: Any = model if hasattr(model, "get_outputs") else make_session(model, self.threads)
         return [dict(zip(self.names, sess.run(self.names, dict(b)))) for b in self.data.batches]
 
     def score(self, model: onnx.ModelProto | Any) -> float:

@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 import math
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -169,7 +169,7 @@ def _rule(*op_types: str) -> Callable[[_Rule], _Rule]:
     return register
 
 
-def _numel(shape: Sequence[int]) -> int:
+def _numel(shape: Iterable[int]) -> int:
     return math.prod(shape)
 
 
@@ -253,7 +253,8 @@ def _variadic(v: _View) -> tuple[int, int]:
 
 
 def _pool(v: _View) -> tuple[int, int]:
-    return 0, _numel(v.out()) * _numel(v.attr("kernel_shape", ()))
+    kernel = v.attr("kernel_shape", ())
+    return 0, _numel(v.out()) * _numel(kernel if isinstance(kernel, (list, tuple)) else ())
 
 
 _ELEMENTWISE = """Add Sub Mul Div Mod Pow Sqrt Exp Log Abs Neg Reciprocal Floor Ceil Round Sign
@@ -291,7 +292,7 @@ def _nbytes(shape: Shape, elem_type: int) -> int:
 
 def _concrete(shape: tuple, names: Mapping[str, int]) -> Shape | None:
     dims = [names.get(d) if isinstance(d, str) else d for d in shape]
-    return tuple(dims) if all(isinstance(d, int) for d in dims) else None
+    return tuple(d for d in dims if isinstance(d, int)) if all(isinstance(d, int) for d in dims) else None
 
 
 def _concrete_shapes(model: onnx.ModelProto, batch: int, dims: Mapping[str, int] | None,

@@ -12,7 +12,7 @@ import onnx
 
 
 def build_dag(graph: onnx.GraphProto) -> nx.DiGraph:
-    dag = nx.DiGraph()
+    dag: nx.DiGraph = nx.DiGraph()
     producer: dict[str, str] = {}
     for node in graph.node:
         dag.add_node(node.name, op_type=node.op_type)

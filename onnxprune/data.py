@@ -480,7 +480,7 @@ def _load_idx(
                 f"input {spec.name!r}: expected shape {spec.describe()}, got IDX samples of shape "
                 f"{tuple(images.shape[1:])} ({have} values, not {want})"
             )
-        images = images.reshape((images.shape[0],) + sample)  # type: ignore[operator]
+        images = images.reshape((images.shape[0],) + sample)
     return {spec.name: images}, lab, "idx", total
 
 

@@ -100,7 +100,6 @@ def _run_ray(fn: Callable[[Any, Any], Any], tasks: list[Any], init: Callable[[An
         ray.init(num_cpus=None, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     shared_ref = ray.put(shared)
 
-    @ray.remote
     class _Worker:
         def __init__(self, shared_obj: Any) -> None:
             self.state = init(shared_obj)
@@ -108,7 +107,9 @@ def _run_ray(fn: Callable[[Any, Any], Any], tasks: list[Any], init: Callable[[An
         def run(self, task: Any) -> Any:
             return fn(self.state, task)
 
-    actors = [_Worker.remote(shared_ref) for _ in range(min(workers, max(len(tasks), 1)))]
+    # ray.remote's types do not say that the class it returns has .remote
+    actor_cls: Any = ray.remote(_Worker)
+    actors = [actor_cls.remote(shared_ref) for _ in range(min(workers, max(len(tasks), 1)))]
     refs = [actors[i % len(actors)].run.remote(t) for i, t in enumerate(tasks)]
     results = []
     for i, r in enumerate(refs):

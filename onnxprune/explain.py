@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from onnxprune.errors import OnnxPruneError, UnsupportedError, UsageError
 
@@ -52,7 +52,7 @@ def render(info: dict[str, Any], show_all: bool = False) -> str:
 
 def main(argv: list[str]) -> int:
     class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:
+        def error(self, message: str) -> NoReturn:
             raise UsageError(message)
 
     p = Parser(prog="onnxprune explain", description="List channel groups: layers, prunable channels, blockers.")

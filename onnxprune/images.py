@@ -170,7 +170,7 @@ def preprocess_image(image: Any, recipe: Recipe) -> np.ndarray:
     new_short, new_long = recipe.resize, int(recipe.resize * long / short)
     size = (new_short, new_long) if w <= h else (new_long, new_short)
     if size != (w, h):
-        image = image.resize(size, Image.BILINEAR)
+        image = image.resize(size, Image.Resampling.BILINEAR)
     w, h = size
     c = recipe.crop
     left, top = (w - c) // 2, (h - c) // 2

@@ -33,13 +33,14 @@ class ConcatHandler:
         y = node.outputs[0]
         rank = len(ctx.shape(y) or ctx.shape(tensor) or [])
         cat_axis = int(node.attrs["axis"]) % rank if rank else None
-        sizes = [_dim(ctx, t, axis) for t in node.inputs]
-        if cat_axis is None or any(s is None for s in sizes):
+        found = [_dim(ctx, t, axis) for t in node.inputs]
+        sizes = [s for s in found if s is not None]
+        if cat_axis is None or len(sizes) != len(found):
             ctx.block(sp, node.name, "Concat: operand shapes unknown")
             return
-        y_sp = ctx.space(y, axis, sum(sizes) if cat_axis == axis else None)  # type: ignore[arg-type]
+        y_sp = ctx.space(y, axis, sum(sizes) if cat_axis == axis else None)
         ctx.member(node, y_sp, Role.PASS)
-        for t, size, off in zip(node.inputs, sizes, _offsets(sizes)):  # type: ignore[arg-type]
+        for t, size, off in zip(node.inputs, sizes, _offsets(sizes)):
             if ctx.const(t) is not None:
                 continue  # constant channels are sliced in apply
             x_sp = ctx.space(t, axis)
@@ -53,8 +54,8 @@ class ConcatHandler:
             return
         rank = len(ctx.shape(node.outputs[0]) or [])
         along = int(node.attrs["axis"]) % rank == y_sp.axis
-        sizes = [_dim(ctx, t, y_sp.axis) for t in node.inputs]
-        for i, (t, size, off) in enumerate(zip(node.inputs, sizes, _offsets(sizes))):  # type: ignore[arg-type]
+        sizes = [_dim(ctx, t, y_sp.axis) or 0 for t in node.inputs]  # all known: analysis checked
+        for i, (t, size, off) in enumerate(zip(node.inputs, sizes, _offsets(sizes))):
             c = ctx.const(t)
             if c is None:
                 continue

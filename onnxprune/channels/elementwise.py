@@ -48,9 +48,10 @@ class BroadcastHandler:
     def analyze(self, node: gs.Node, ctx: Context, tensor: gs.Tensor, axis: int) -> None:
         sp = ctx.space(tensor, axis)
         y = node.outputs[0]
-        shapes = [ctx.shape(t) for t in node.inputs]
+        found = [ctx.shape(t) for t in node.inputs]
+        shapes = [s for s in found if s is not None]
         y_shape = ctx.shape(y)
-        if y_shape is None or any(s is None for s in shapes):
+        if y_shape is None or len(shapes) != len(found):
             ctx.block(sp, node.name, f"{node.op}: operand ranks unknown")
             return
         out_rank = len(y_shape)

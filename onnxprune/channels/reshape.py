@@ -113,10 +113,11 @@ def _shape_pieces(node: gs.Node, ctx: Context) -> list | None:
         p = ir.producer(part)
         if p is not None and p.op == "Unsqueeze":
             p = ir.producer(p.inputs[0])
-        if p is None or p.op != "Gather" or ir.producer(p.inputs[0]) is None or ir.producer(p.inputs[0]).op != "Shape":
+        shape_op = ir.producer(p.inputs[0]) if p is not None and p.op == "Gather" else None
+        if p is None or shape_op is None or shape_op.op != "Shape":
             return None
         idx = ctx.const(p.inputs[1])
-        src = ir.producer(p.inputs[0]).inputs[0]
+        src = shape_op.inputs[0]
         if idx is None:
             return None
         pieces += [("dim", src, int(i)) for i in idx.reshape(-1)]
