@@ -21,13 +21,16 @@ this pass does what it leaves to its user:
   1.05x: onnxruntime's CPU kernels fuse QDQ into QLinearConv for u8 activations, and s8
   activations stay mostly unfused; the same holds on AVX2 without VNNI (the issue's
   measurements). So ``auto`` is uint8 on every x86 target, int8 remains a choice;
-* ``exclude=auto``: per node measured, never guessed. With the ranges calibrated once,
-  every quantizable node is tried in float with the rest quantized, scored by output
+* ``exclude=auto``: per node measured, never guessed. When the fully quantized model
+  loses at most ``max_drop`` points of the context's evaluator score (top-1 with labels,
+  else cosine x100) on the calibration data, every node stays quantized. Otherwise, with
+  the ranges calibrated once, every quantizable node is tried in float with the rest quantized, scored by output
   fidelity (mean cosine to the float model) on ``search_samples`` calibration samples;
   the sweep is bounded by ``search_seconds`` (measured from the output backwards, the
   first node early); then, best first, greedily, a node stays float when it removes at least ``min_gain`` of
   the remaining error and the model stays within ``latency_budget`` of the fully quantized
-  one's latency (measured interleaved), at most ``max_excluded`` nodes.
+  one's latency (measured interleaved), at most ``max_excluded`` nodes, stopping as soon
+  as the evaluator's drop is within ``max_drop``.
   ``exclude=PATTERN`` keeps in float the nodes whose name or op type match any
   ``|``-separated fnmatch pattern; ``exclude=none`` quantizes everything;
 * a model that arrives quantized (QDQ or QLinear ops) is reported as such, unchanged.
@@ -73,6 +76,7 @@ class Options:
     per_channel: bool = True
     exclude: str = "auto"
     max_excluded: int = 3
+    max_drop: float = 0.5
     latency_budget: float = 1.10
     min_gain: float = 0.05
     search_samples: int = 64
@@ -83,6 +87,7 @@ class Options:
         check_range("quantize", "percentile", self.percentile, 50.0, 100.0, lo_open=True)
         check_range("quantize", "latency-budget", self.latency_budget, 1.0, 10.0)
         check_range("quantize", "min-gain", self.min_gain, 0.0, 1.0)
+        check_range("quantize", "max-drop", self.max_drop, 0.0, 100.0)
         if self.max_excluded < 0:
             raise UsageError(f"pass quantize: max-excluded must be >= 0, got {self.max_excluded}")
         check_range("quantize", "search-seconds", self.search_seconds, 0.0, 1e6)
@@ -252,6 +257,16 @@ class _Job:
         assert calib is not None
         if opts.max_excluded == 0:
             return [], {"skipped": "max-excluded=0"}
+        # Accuracy first: a model whose every node quantizes within max-drop keeps them all
+        # (a float node costs latency and buys back nothing that matters).
+        judge = ctx.evaluator
+        # the model as it arrives here (after earlier passes), not the original, is the reference
+        reference = judge.score(float_model) if judge is not None else None
+        if judge is not None and reference is not None:
+            drop = 100 * (reference - judge.score(full))
+            if drop <= opts.max_drop:
+                return [], {"skipped": f"all nodes quantized lose {drop:.2f} points ({judge.metric}) on the "
+                                       f"calibration data, within max-drop={opts.max_drop}"}
         batches, n = [], 0
         for b in calib.batches:
             if n >= opts.search_samples:
@@ -293,6 +308,11 @@ class _Job:
             chosen.append({"node": name, "error_before": round(1.0 - current, 6), "error_after": round(1.0 - score, 6),
                            "latency_vs_all_quantized": round(ratio, 3)})
             current = score
+            if judge is not None and reference is not None:
+                drop = 100 * (reference - judge.score(q))
+                chosen[-1]["drop_points"] = round(drop, 3)
+                if drop <= opts.max_drop:
+                    break
         search = {"metric": "mean cosine to float outputs", "samples": n, "candidates": len(candidates),
                   "measured": measured,
                   "error_all_quantized": round(1.0 - base, 6), "error_final": round(1.0 - current, 6),
