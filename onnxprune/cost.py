@@ -60,6 +60,7 @@ from onnxprune.shapes import (
     concrete_input_shapes,
     dummy_feeds,
     infer_shapes,
+    proto_size,
     real_inputs,
     runtime_shapes,
     tensor_elem_types,
@@ -90,7 +91,9 @@ class ModelCost:
     """Totals over the main graph; ``params``/``param_bytes`` cover every initializer.
 
     ``size_bytes`` is the serialised model plus any external data lengths it records;
-    ``unknown_shape_nodes`` names the nodes whose count is partial (see module docstring).
+    ``unknown_shape_nodes`` names the nodes whose count is partial (see module docstring);
+    ``uncosted_subgraphs`` the If/Loop/Scan nodes whose bodies are not costed (a Loop's
+    trip count is data; neither their FLOPs nor their bodies' own initializers are in the totals).
     """
 
     nodes: list[NodeCost]
@@ -101,6 +104,7 @@ class ModelCost:
     batch: int = 1
     param_bytes: int = 0
     unknown_shape_nodes: list[str] = field(default_factory=list)
+    uncosted_subgraphs: list[str] = field(default_factory=list)
 
     def by_op(self) -> dict[str, dict]:
         """Totals per op type: count, macs, flops, params, param_bytes, output_bytes."""
@@ -373,8 +377,10 @@ def model_cost(model: onnx.ModelProto, *, batch: int = 1, dims: Mapping[str, int
         flops=sum(n.flops for n in nodes),
         macs=sum(n.macs for n in nodes),
         params=sum(_numel(s) for s, _ in inits.values()),
-        size_bytes=model.ByteSize() + external,
+        size_bytes=proto_size(model) + external,  # ByteSize() raises over 2 GiB
         batch=batch,
         param_bytes=sum(_nbytes(s, t) for s, t in inits.values()),
         unknown_shape_nodes=unknown,
+        uncosted_subgraphs=[n.name or n.op_type for n in model.graph.node
+                            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)],
     )
