@@ -222,6 +222,45 @@ def gptq_codes(coded: Coded, w: np.ndarray, reader: gs.Node, hessian: np.ndarray
     return Coded(flat, coded.codebook, coded.bits, coded.lossless, coded.zeros_kept, coded.scale)
 
 
+def refit_codebook(coded: Coded, w: np.ndarray, reader: gs.Node, hessian: np.ndarray, block: int = 128) -> Coded:
+    """The codebook that minimises the output error ``Σ_o ‖w_o − s_o·c[idx_o]‖²_H`` for the
+    chosen indices: the normal equations ``(Σ_o s_o² E_oᵀ H E_o) c = Σ_o s_o E_oᵀ H w_o``
+    with E_o the one-hot index matrix of output o. The current codebook is a feasible
+    point, so the output error can only go down; a fixed zero centroid stays 0."""
+    rows, _ = as_rows(w.astype(np.float64), reader)
+    out, d = rows.shape
+    k = coded.codebook.size
+    codes_rows, _ = as_rows(coded.codes.reshape(w.shape), reader)
+    scale = np.ones(out) if coded.scale is None else coded.scale.astype(np.float64).reshape(-1)
+    h = np.asarray(hessian, dtype=np.float64).reshape(-1, d, d)
+    a = np.zeros((k, k))
+    b = np.zeros(k)
+    eye = np.eye(k)
+    for lo in range(0, out, block):
+        hi = min(lo + block, out)
+        onehot = eye[codes_rows[lo:hi]]  # [o, d, k]
+        hh = h if h.shape[0] == 1 else h[lo:hi]
+        hm = np.matmul(hh, onehot)  # [o, d, k]
+        s2 = scale[lo:hi] ** 2
+        a += np.einsum("o,odk,odm->km", s2, onehot, hm, optimize=True)
+        b += np.einsum("o,od,odk->k", scale[lo:hi], rows[lo:hi], hm, optimize=True)
+    free = np.arange(1 if coded.zeros_kept > 0 and float(coded.codebook[0]) == 0.0 else 0, k)
+    old = coded.codebook.astype(np.float64)
+    ridge = 1e-9 * max(float(np.trace(a)) / k, 1e-30)
+    af = a[np.ix_(free, free)] + ridge * np.eye(free.size)
+    bf = b[free] - a[np.ix_(free, np.setdiff1d(np.arange(k), free))] @ old[np.setdiff1d(np.arange(k), free)] \
+        + ridge * old[free]
+    try:
+        new = old.copy()
+        new[free] = np.linalg.solve(af, bf)
+    except np.linalg.LinAlgError:
+        return coded
+    if not np.all(np.isfinite(new)):
+        return coded
+    return Coded(coded.codes, new.astype(coded.codebook.dtype), coded.bits, coded.lossless, coded.zeros_kept,
+                 coded.scale)
+
+
 def output_error(w: np.ndarray, approx: np.ndarray, reader: gs.Node, hessian: np.ndarray) -> float:
     """Relative output error on the calibration inputs: sqrt(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ))
     (per output row with its own H for a depthwise conv)."""
@@ -515,7 +554,7 @@ class ShareWeights(Pass):
         coded = share(w, bits, keep_zeros=opts.keep_zeros, iterations=opts.iterations,
                       axis=g.output_axis() if opts.scale == "channel" else None)
         if hessian is not None and not coded.lossless:
-            coded = gptq_codes(coded, w, reader, hessian)
+            coded = refit_codebook(gptq_codes(coded, w, reader, hessian), w, reader, hessian)
         approx = coded.decode(w.shape)
         errors: dict[str, Any] = {"rel_error": round(relative_error(w, approx), 6)}
         if hessian is not None:

@@ -332,3 +332,42 @@ def test_depthwise_convs_get_per_channel_error_feedback() -> None:
     feeds = ctx.calib.batches[0]
     ref = run(model, feeds)[0]
     assert np.linalg.norm(run(fed, feeds)[0] - ref) < np.linalg.norm(run(plain, feeds)[0] - ref)
+
+
+@pytest.mark.parametrize("op", ["Conv", "Gemm", "MatMul", "depthwise"])
+def test_codebook_refit_never_raises_the_output_error(op: str) -> None:
+    from onnxprune.passes.share_weights import gptq_codes, output_error, refit_codebook
+
+    rng = np.random.default_rng(4)
+    if op == "depthwise":
+        w, reader = rng.standard_normal((12, 1, 3, 3)), gs.Node("Conv", attrs={"group": 12})
+        x = rng.standard_normal((12, 200, 9)) @ rng.standard_normal((9, 9))  # correlated inputs
+        h = np.einsum("cri,crj->cij", x, x) / 200
+    else:
+        shape = {"Conv": (12, 4, 3, 3), "Gemm": (36, 12), "MatMul": (36, 12)}[op]
+        w, reader = rng.standard_normal(shape), gs.Node(op)
+        x = rng.standard_normal((300, 36)) @ rng.standard_normal((36, 36))  # correlated inputs
+        h = x.T @ x / 300
+    w = w.astype(np.float32)
+    w[np.abs(w) < 0.3] = 0  # a fixed zero centroid too
+    near = share(w, 3, axis=1 if op in ("Gemm", "MatMul") else 0)
+    fed = gptq_codes(near, w, reader, h)
+    refit = refit_codebook(fed, w, reader, h)
+    errs = [output_error(w, c.decode(w.shape), reader, h) for c in (near, fed, refit)]
+    assert errs[2] <= errs[1] * (1 + 1e-9) and errs[1] < errs[0]
+    assert refit.codebook[0] == 0 and (refit.decode(w.shape)[w == 0] == 0).all()
+
+
+@pytest.mark.zoo
+@pytest.mark.slow
+def test_squeezenet_file_shrinks_and_runs(zoo: Path) -> None:
+    from onnxprune.model import load_model
+
+    model = load_model(zoo / "models" / "squeezenet1.1.onnx")  # opset 7: no Mod, attribute Slice
+    out, (prune, share_rec) = apply(model, "prune-weights:sparsity=0.3", "share-weights:bits=4")
+    s = share_rec["stats"]
+    assert s["gptq_layers"] == 0 and s["bits_histogram"] == {"4": 26}
+    assert model.ByteSize() / out.ByteSize() > 7
+    x = random_feeds(model, batch=1)
+    a, b = run(model, x)[0], run(out, x)[0]
+    assert a.shape == b.shape and np.isfinite(b).all()
