@@ -388,7 +388,8 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
         report["validation"] = {"skipped": "--no-validate"}
     prog.stage("writing")
     if args.output:  # the size the file will have, so that a renderer failure is found before anything is written
-        report["after"]["size_bytes"] = int(result.ByteSize())
+        with contextlib.suppress(Exception):  # protobuf cannot size a message over 2 GB: the file says later
+            report["after"]["size_bytes"] = int(result.ByteSize())
     report["seconds"] = round(time.perf_counter() - t0, 3)
     collected = _collector()
     if collected is not None and collected.messages:
@@ -396,8 +397,11 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
     texts = {r: render(report, r) for r in args.report}
     summary = render_text(report)
     mode = None
+    ours: list[Path] = []  # files this run creates, removed again if a later write fails
     if args.output:
         out = Path(args.output)
+        data_file = out.with_name(out.name + ".data")
+        ours = [out] + ([] if data_file.exists() else [data_file])
         save_model(result, out, external_data=True if args.external_data else None)
         report["after"]["size_bytes"] = _file_size(out)
         texts = {r: render(report, r) for r in args.report}
@@ -408,7 +412,7 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
         for r, text in texts.items():
             written.append(write_text(text, r, mode=mode))
     except OSError as exc:  # the disk filled up, say: leave nothing of this run behind
-        for f in written + ([Path(args.output), Path(str(args.output) + ".data")] if args.output else []):
+        for f in written + ours:
             with contextlib.suppress(OSError):
                 f.unlink()
         raise UsageError(f"cannot write the report ({exc.strerror or exc}); nothing written") from exc

@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import onnx
 
 from onnxprune.context import PassContext
-from onnxprune.errors import OnnxPruneError, PassCrash, UsageError, VerificationError
+from onnxprune.errors import ModelError, OnnxPruneError, PassCrash, UsageError, VerificationError
 from onnxprune.model import Model
 
 log = logging.getLogger(__name__)
@@ -258,6 +258,8 @@ class PassManager:
                 p.requires(model)
                 result = p.run(model, ctx)
                 p.ensures(model)
+            except ModelError as exc:  # onnxruntime refused a model the pass built: the pass broke it (5), not the input (3)
+                raise VerificationError(f"pass {p.name!r}{_after(done)} built a model onnxruntime refuses: {exc}") from exc
             except OnnxPruneError:
                 raise
             except Exception as exc:  # a bug inside a pass (exit 1), not a broken graph: name it

@@ -251,10 +251,7 @@ def test_warnings_do_not_reach_stderr(capsys, tmp_path):
     real = cli.run
 
     def noisy(args, progress=None):
-        import warnings
-
         logging.getLogger("onnxprune.test").warning("something odd")
-        warnings.warn("a library's UserWarning", UserWarning, stacklevel=1)
         return real(args, progress)
 
     cli.run = noisy  # type: ignore[assignment]
@@ -264,7 +261,23 @@ def test_warnings_do_not_reach_stderr(capsys, tmp_path):
         cli.run = real  # type: ignore[assignment]
     out, err = capsys.readouterr()
     assert code == 0 and err == "", err
-    assert "something odd" in out and "UserWarning" in out
+    assert "note: onnxprune.test: something odd" in out
+
+
+def test_python_warnings_are_collected_too():
+    """warnings.warn from a library lands in the collector, not on stderr (a subprocess:
+    pytest records warnings itself)."""
+    import subprocess
+    import sys
+
+    code = ("import logging, warnings\n"
+            "from onnxprune import cli\n"
+            "cli._setup_logging(False)\n"
+            "warnings.warn('numpy says hello', UserWarning)\n"
+            "print([m for h in logging.getLogger().handlers if isinstance(h, cli._Collect) for m in h.messages])\n")
+    r = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "numpy says hello" in r.stdout
 
 
 def test_stderr_is_silent_when_not_a_terminal(tmp_path):
@@ -349,3 +362,27 @@ def test_a_failing_report_write_leaves_nothing(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(report_mod, "write_text", flaky)
     _expect(capsys, [p, "--passes", "fold-bn", "--latency-runs", "0", "-o", tmp_path / "o.onnx",
                      "--report", tmp_path / "r.md", "--report", tmp_path / "r.json"], 2, "No space left", tmp_path)
+
+
+class _BadCandidate(Pass):
+    """A pass whose own candidate onnxruntime refuses (as a latency guard would find)."""
+
+    name = "bad-candidate"
+
+    def run(self, model, ctx):
+        from onnxprune.runtime import make_session
+
+        proto = model.to_onnx()
+        proto.graph.node[0].op_type = "NoSuchOp"
+        make_session(proto)
+        return PassResult(False)
+
+
+def test_a_pass_building_an_unloadable_model_is_5_not_3(capsys, tmp_path, monkeypatch):
+    import onnxprune.api as api
+
+    monkeypatch.setattr(api, "make_passes", lambda specs: [_BadCandidate()])
+    p = tmp_path / "m.onnx"
+    p.write_bytes(MNIST.read_bytes())
+    _expect(capsys, [p, "--passes", "bad-candidate", "-o", tmp_path / "o.onnx"], 5,
+            "pass 'bad-candidate' built a model onnxruntime refuses", tmp_path)
