@@ -267,3 +267,38 @@ def test_stale_temporaries_of_a_killed_save_are_swept(tmp_path):
     dead.write_bytes(b"half a model")
     save_model(m, tmp_path / "out.onnx")
     assert sorted(os.listdir(tmp_path)) == ["out.onnx"]
+
+
+def test_nfnet_weight_standardisation_runs_through_every_pass(monkeypatch):
+    """NFNet standardises each conv weight with a BatchNormalization in training mode
+    (batch statistics of the weight itself). Small weights fold into constants on load;
+    big ones (over the folding limit, as in timm's NFNets) stay as nodes, and the passes
+    must leave them be, neither fold them as inference BNs nor fail."""
+    import onnxprune.model as om
+    from onnxprune.api import run_passes
+
+    monkeypatch.setattr(om, "FOLD_SIZE_LIMIT", 0)  # as if every weight were over the limit
+    rng = np.random.default_rng(0)
+
+    def standardised(p: str, co: int, k: int) -> list[onnx.NodeProto]:
+        return [helper.make_node("Reshape", [f"{p}W", f"{p}flat"], [f"{p}w3"]),
+                helper.make_node("BatchNormalization", [f"{p}w3", f"one{co}", f"zero{co}", f"zero{co}", f"one{co}"],
+                                 [f"{p}wn", f"{p}rm", f"{p}rv"], training_mode=1),
+                helper.make_node("Reshape", [f"{p}wn", f"{p}shape"], [f"{p}Ws"])]
+
+    nodes = [*standardised("a", 8, 27), helper.make_node("Conv", ["X", "aWs"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]), *standardised("b", 4, 72),
+             helper.make_node("Conv", ["r1", "bWs"], ["Y"], pads=[1, 1, 1, 1])]
+    inits = {"aW": rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "aflat": np.array([1, -1, 27], np.int64),
+             "ashape": np.array([8, 3, 3, 3], np.int64), "bW": rng.standard_normal((4, 8, 3, 3)).astype(np.float32),
+             "bflat": np.array([1, -1, 72], np.int64), "bshape": np.array([4, 8, 3, 3], np.int64),
+             "one8": np.ones(8, np.float32), "zero8": np.zeros(8, np.float32),
+             "one4": np.ones(4, np.float32), "zero4": np.zeros(4, np.float32)}
+    m = make_model(nodes, [vinfo("X", [1, 3, 6, 6])], [vinfo("Y", [1, 4, 6, 6])], inits, opset=15)
+    loaded = normalize(m)
+    assert [n.op_type for n in loaded.graph.node].count("BatchNormalization") == 2
+    feeds = random_feeds(m)
+    for spec in ["fold-bn", "prune-channels:ratio=0.5,round-to=4,latency-guard=false"]:
+        out, records = run_passes(loaded, [spec])
+        assert [n.op_type for n in out.graph.node].count("BatchNormalization") == 2, spec
+        np.testing.assert_allclose(run(out, feeds)[0], run(m, feeds)[0], rtol=1e-4, atol=1e-4)

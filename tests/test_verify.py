@@ -100,3 +100,33 @@ def test_big_models_are_checked_as_a_skeleton(monkeypatch):
     m.graph.node[0].op_type = "NoSuchOp"
     with pytest.raises(VerificationError, match="NoSuchOp"):
         vf.verify(m, m)
+
+
+def _declared_wrong() -> onnx.ModelProto:
+    """X ─Conv(4)─BN─▶ Y, Y declared with 5 channels: onnx's full check fails on the input
+    itself, onnxruntime runs it."""
+    nodes = [helper.make_node("Conv", ["X", "W"], ["c"], name="conv"),
+             helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["Y"], name="bn")]
+    inits = {"W": np.ones((4, 2, 1, 1), np.float32), "s": np.full(4, 2, np.float32), "b": np.zeros(4, np.float32),
+             "m": np.zeros(4, np.float32), "v": np.ones(4, np.float32)}
+    return make_model(nodes, [vinfo("X", [1, 2, 3, 3])], [vinfo("Y", [1, 5, 3, 3])], inits)
+
+
+def test_an_input_failing_the_full_check_does_not_blame_the_pass():
+    """fold-bn used to 'break the graph' here: the input's own inference error moved from
+    the BatchNormalization to the Conv and no longer matched the input's message."""
+    from onnxprune.api import run_passes
+
+    m = _declared_wrong()
+    with pytest.raises(onnx.shape_inference.InferenceError):
+        onnx.checker.check_model(m, full_check=True)
+    out, records = run_passes(m, ["fold-bn"])
+    assert records[0].modified and [n.op_type for n in out.graph.node] == ["Conv"]
+
+
+def test_a_pass_that_breaks_a_valid_input_is_still_caught():
+    m = _relu_chain()
+    broken = _relu_chain()
+    broken.graph.node[1].op_type = "Conv"  # a Conv without weights
+    with pytest.raises(VerificationError):
+        vf.verify(broken, m, pass_name="x")
