@@ -324,3 +324,13 @@ def test_quick_start_shows_real_validated_compression(capsys, tmp_path, repo_roo
     out_model = tmp_path / argv[argv.index("-o") + 1]
     onnx.checker.check_model(str(out_model), full_check=True)
     assert out_model.stat().st_size == rep["after"]["size_bytes"]
+
+
+@pytest.mark.xfail(strict=False, reason="pass owners document their options (README: metadata help or 'key: text' "
+                                        "docstring lines); turns into a pass, then make it strict")
+def test_every_pass_option_is_documented():
+    from onnxprune.manager import option_docs
+    from onnxprune.passes import REGISTRY
+
+    missing = [f"{name}:{d.key}" for name, cls in REGISTRY.items() for d in option_docs(cls) if not d.help]
+    assert not missing, f"{len(missing)} undocumented options: {', '.join(missing[:20])}"
