@@ -329,8 +329,9 @@ def test_quick_start_shows_real_validated_compression(capsys, tmp_path, repo_roo
 @pytest.mark.xfail(strict=False, reason="pass owners document their options (README: metadata help or 'key: text' "
                                         "docstring lines); turns into a pass, then make it strict")
 def test_every_pass_option_is_documented():
-    from onnxprune.manager import option_docs
     from onnxprune.passes import REGISTRY
+
+    from onnxprune.manager import option_docs
 
     missing = [f"{name}:{d.key}" for name, cls in REGISTRY.items() for d in option_docs(cls) if not d.help]
     assert not missing, f"{len(missing)} undocumented options: {', '.join(missing[:20])}"
