@@ -368,7 +368,7 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
         "warnings": list(plan.warnings),
         "before": before,
         "after": after,
-        "shapes": _shapes_used(original, shapes, args, ctx.calib_kind),
+        "shapes": _shapes_used(original, shapes, args, ctx.calib_kind, plan.evaluation),
         "context": ctx.to_dict(),
         "data": plan.report,
         "passes": [r.to_dict() for r in records],
@@ -431,8 +431,9 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
 
 
 def _shapes_used(model: Any, shapes: dict[str, tuple[int, ...]], args: argparse.Namespace,
-                 kind: str | None) -> dict[str, Any]:
-    """Which input shapes cost, random data and the guard used, and where they came from."""
+                 kind: str | None, evaluation: Any = None) -> dict[str, Any]:
+    """Which input shapes cost, random data and the guard used, and where they came from;
+    and the evaluation data's per-sample shapes when they differ (validation ran at those)."""
     from onnxprune.data import dynamic_dims
 
     dynamic = dynamic_dims(model)
@@ -446,8 +447,15 @@ def _shapes_used(model: Any, shapes: dict[str, tuple[int, ...]], args: argparse.
         source = "the model's declared shapes"
     listed = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items())
     text = (f"{listed} (from {source})" if listed else f"the declared shapes ({source})")
-    return {"inputs": {k: list(v) for k, v in shapes.items()}, "source": source, "dynamic_dims": dynamic,
-            "text": text}
+    out: dict[str, Any] = {"inputs": {k: list(v) for k, v in shapes.items()}, "source": source,
+                           "dynamic_dims": dynamic}
+    if evaluation is not None and evaluation.batches:
+        seen = {k: [1, *list(v.shape[1:])] for k, v in evaluation.batches[0].items() if getattr(v, "ndim", 0)}
+        if shapes and any(list(shapes.get(k, v)) != v for k, v in seen.items()):
+            out["evaluation_inputs"] = seen
+            text += "; validation ran at " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in seen.items())
+    out["text"] = text
+    return out
 
 
 def _explain_crash(exc: PassCrash, model: Any) -> OnnxPruneError:

@@ -168,3 +168,12 @@ def test_sequence_agreement_drives_the_gate_even_when_cosine_is_high():
     assert m["cosine"] > 0.999 and m["argmax_agreement"] == pytest.approx(0.5)
     name, value = cli._fidelity({"outputs": {"y": m}})
     assert name == "per-position argmax agreement" and value == pytest.approx(0.5)
+
+
+def test_report_says_when_validation_ran_at_other_shapes(capsys, files, tmp_path):
+    code, out, err = _run(capsys, files["seq"], "--passes", "fold-bn", "--calib", files["noise"], "--data", files["real"],
+                          "--latency-runs", "0", "--report", tmp_path / "r.json")
+    assert code == 0, err
+    shapes = json.loads((tmp_path / "r.json").read_text())["shapes"]
+    assert shapes["inputs"] == {"x": [1, 3, 32, 32]} and shapes["evaluation_inputs"] == {"x": [1, 3, 64, 96]}
+    assert "validation ran at x 1x3x64x96" in out
