@@ -41,7 +41,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NoReturn, Sequence
 
 import numpy as np
 import onnx
@@ -83,6 +83,12 @@ class SweepSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SweepSettings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        return cls(**kw)
 
 
 # ---------------------------------------------------------------------------- building candidates
@@ -223,7 +229,7 @@ def signatures(proto: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...
         x = shapes.get(node.input[0])
         if x is None or not all(isinstance(d, int) and d > 0 for d in x):
             continue
-        consts = []
+        consts: list[list[Any] | None] = []
         for name in node.input[1:]:
             if not name:
                 consts.append(None)
@@ -494,7 +500,7 @@ def sweep(proto: onnx.ModelProto, ctx: PassContext, s: SweepSettings, *, workers
         sig_defs.update(r.pop("sig_defs", {}))
         rows.append({**dataclasses.asdict(c), **r})
     table = {
-        "format": FORMAT, "key": key, "metric": ev.metric,
+        "format": FORMAT, "key": key, "model_sha256": hashlib.sha256(model_bytes).hexdigest(), "metric": ev.metric,
         "unit": "points of top-1" if ev.metric in ("accuracy", "agreement") else "cosine",
         "baseline": baseline, "samples": score_data.n_samples, "settings": s.to_dict(), "round_to": rt,
         "backend": prune_backend(s), "notes": notes, "base": {"sigs": {k: v["key"] for k, v in base_sigs.items()},
@@ -510,6 +516,20 @@ def sweep(proto: onnx.ModelProto, ctx: PassContext, s: SweepSettings, *, workers
             tmp.replace(path)
         except OSError as exc:
             log.warning("cannot write sensitivity cache %s: %s", path, exc)
+    return table
+
+
+def load_table(path: str | Path, proto: onnx.ModelProto) -> dict[str, Any]:
+    """A table written by ``onnxprune sensitivity --json`` (or the cache), for this very model."""
+    try:
+        table = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read sensitivity table {path}: {exc}") from None
+    if not isinstance(table, dict) or table.get("format") != FORMAT or "candidates" not in table:
+        raise UsageError(f"{path} is not a sensitivity table (format {FORMAT})")
+    if table.get("model_sha256") != hashlib.sha256(proto.SerializeToString()).hexdigest():
+        raise UsageError(f"sensitivity table {path} was measured on a different model")
+    table["cached"] = True
     return table
 
 
@@ -614,7 +634,7 @@ def main(argv: Sequence[str]) -> int:
     from onnxprune.model import load_model
 
     class _P(argparse.ArgumentParser):
-        def error(self, message: str) -> None:  # one line, exit 2
+        def error(self, message: str) -> NoReturn:  # one line, exit 2
             raise UsageError(f"sensitivity: {message}")
 
     p = _P(prog="onnxprune sensitivity", description="Metric drop of every prunable group and low-rank layer at a "

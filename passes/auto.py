@@ -54,6 +54,7 @@ from onnxprune.sensitivity import (
     curves_svg,
     knobs,
     layer_times,
+    load_table,
     lowrank_specs,
     measure_models,
     pass_fields,
@@ -81,7 +82,7 @@ class Options:
     fractions: tuple[float, ...] = (0.5, 0.25)
     criterion: str = "l1"
     reconstruct: str | None = None
-    quantize_mode: str | None = None
+    quantize_options: str | None = None  # options of the quantize step, ';'-separated: "mode=dynamic;exclude=none"
     round_to: int | None = None
     protect: tuple[str, ...] = ()
     samples: int | None = None
@@ -90,6 +91,7 @@ class Options:
     workers: int | None = None
     latency_runs: int = 40
     on_miss: Literal["error", "best"] = "error"
+    sensitivity: str | None = None  # a table from `onnxprune sensitivity --json` (same model) instead of a sweep
 
     def __post_init__(self) -> None:
         given = [k for k in ("speedup", "flops", "size") if getattr(self, k) is not None]
@@ -213,7 +215,12 @@ class _Search:
         sens: dict[str, Any] = {}
         if float_families:
             t = time.perf_counter()
-            table = sweep(self.original, ctx, self.settings, workers=o.workers, executor=o.executor)
+            if o.sensitivity:  # the table's own settings say how its candidates were built
+                table = load_table(o.sensitivity, self.original)
+                self.settings = SweepSettings.from_dict(table["settings"])
+                self.round_to = int(table["round_to"])
+            else:
+                table = sweep(self.original, ctx, self.settings, workers=o.workers, executor=o.executor)
             sens = {"seconds": round(time.perf_counter() - t, 2), "cached": table["cached"], "key": table["key"],
                     "candidates": len(table["candidates"]), "backend": prune_backend(self.settings),
                     "sweep": table["sweep"], "notes": table["notes"], "samples": table["samples"],
@@ -248,10 +255,11 @@ class _Search:
         if fields is None:
             self.notes.append("methods includes quantize but no quantize pass is registered: left out")
             return False
-        if o.quantize_mode and "mode" in fields:
-            self.qspec = f"quantize:mode={o.quantize_mode}"
-        else:
-            self.qspec = "quantize"
+        opts = [kv.strip() for kv in (o.quantize_options or "").split(";") if kv.strip()]
+        unknown = [kv for kv in opts if kv.partition("=")[0].replace("-", "_") not in fields]
+        if unknown:
+            raise UsageError(f"pass auto: quantize has no option {unknown[0].partition('=')[0]!r}")
+        self.qspec = "quantize" + (":" + ",".join(opts) if opts else "")
         try:
             q = self.build({}, True)[1]
         except Exception as exc:  # quantization refused (unsupported ops ...): the float search goes on
@@ -293,7 +301,7 @@ class _Search:
                 break
             tried.add(sig)
             fp, proto = self.build(levels, use_q)
-            pred = {"predicted_speedup": self.predict(fp, use_q),
+            pred: dict[str, Any] = {"predicted_speedup": self.predict(fp, use_q),
                     "predicted_loss": (alloc.loss / loss_scale if alloc else 0.0) + (self.q_drop if use_q else 0.0),
                     "mode": mode, "round": rnd + 1}
             p = self.measure(f"round {rnd + 1}", proto, levels, pred)
@@ -357,7 +365,7 @@ class _Search:
 
 def _pareto(points: list[tuple[float, float]], neg: bool = False) -> list[tuple[float, float]]:
     """Points not dominated (higher x and lower y is better); ``neg`` undoes a negated x."""
-    front = []
+    front: list[tuple[float, float]] = []
     for x, y in sorted(points, key=lambda p: (-p[0], p[1])):
         if not front or y < front[-1][1] - 1e-12:
             front.append((x, y))

@@ -147,3 +147,12 @@ def test_cli(tmp_path) -> None:
 
     assert ("<svg" in rep.read_text()) == available()
     assert main(["sensitivity", str(model), "--passes", "fold-bn"]) == 2
+    # the JSON is reusable by the search (same model only)
+    from onnxprune.api import run_passes
+    from onnxprune.errors import UsageError
+
+    spec = f"auto:flops=1.3,min-cosine=0.5,sensitivity={out},latency-runs=5,on-miss=best"
+    _, rec = run_passes(m, [spec], ctx=small_ctx(m))
+    assert rec[0].stats["sensitivity"]["cached"] and rec[0].stats["sensitivity"]["key"] == table["key"]
+    with pytest.raises(UsageError, match="different model"):
+        run_passes(small_cnn(seed=1), [spec], ctx=small_ctx(small_cnn(seed=1)))

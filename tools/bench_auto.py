@@ -1,0 +1,193 @@
+"""Benchmark of the ``auto`` pass (compression to a budget) on the zoo CNNs.
+
+For each model: the zoo's 1000 images split (seed 0) into 256 calibration and 744
+evaluation images by ``onnxprune.api.prepare_data``. ``auto`` sees only the calibration
+part; every reported accuracy is on the evaluation part. Per target speed-up (1.2, 1.3,
+1.5, 2.0x) and per method set (prune+lowrank; prune+lowrank+quantize): the measured
+speed-up of the chosen model (re-timed here, interleaved against the original, batch 1,
+1 thread, median of 3 repeats with the spread), its top-1 drop on the evaluation split,
+size, and whether auto said the target was met; beside the best uniform prune-channels
+ratio that reaches at least the same measured speed-up. The sensitivity sweep is timed
+with 1 and 2 workers (fresh caches) on ``--timing-model``.
+
+    python tools/bench_auto.py [--models mobilenetv2 ...] [--targets 1.2 1.3 1.5 2.0] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import benchlib  # noqa: E402
+
+from onnxprune.api import prepare_data, run_passes  # noqa: E402
+from onnxprune.context import Evaluator  # noqa: E402
+from onnxprune.errors import OnnxPruneError  # noqa: E402
+from onnxprune.model import load_model  # noqa: E402
+from onnxprune.sensitivity import SweepSettings, batch1_feed, measure_models, sweep  # noqa: E402
+
+RECIPES = {"mobilenetv2": "torchvision", "efficientnet-lite0": "efficientnet-lite", "squeezenet1.1": "caffe-bgr"}
+
+
+def speed(orig: Any, model: Any, feed: Any, repeats: int = 3, runs: int = 40) -> tuple[float, float, float]:
+    """(median, min, max) over repeats of original/model latency, timed interleaved."""
+    t = measure_models([orig, model], feed, runs=runs, repeats=repeats)
+    r = sorted(a / b for a, b in zip(t[0], t[1]))
+    return r[len(r) // 2], r[0], r[-1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=list(RECIPES))
+    ap.add_argument("--targets", type=float, nargs="+", default=[1.2, 1.3, 1.5, 2.0])
+    ap.add_argument("--methods", nargs="+", default=["prune|lowrank", "prune|lowrank|quantize"])
+    ap.add_argument("--uniform", type=float, nargs="+", default=[0.125, 0.25, 0.375, 0.5])
+    ap.add_argument("--ratios", default="0.25|0.5")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--timing-model", default="squeezenet1.1")
+    ap.add_argument("--auto-options", default="", help="extra auto options, e.g. reconstruct=none")
+    ap.add_argument("--quantize-options", default="exclude=none")
+    ap.add_argument("--stem", default="auto")
+    ap.add_argument("--workers", type=int, default=2, help="sweep workers inside auto")
+    ap.add_argument("--report-only", action="store_true",
+                    help="merge the per-model results in build/bench-cache/auto/*.result.json into the report")
+    a = ap.parse_args()
+    env = benchlib.environment()
+    cache = benchlib.CACHE / "auto"
+    results: dict[str, Any] = {"environment": env, "models": {}}
+    if a.report_only:
+        for name in a.models:
+            f = cache / f"{name}.result.json"
+            if f.is_file():
+                part = json.loads(f.read_text())
+                results["models"][name] = part["result"]
+                results.setdefault("commands", []).append(part["environment"]["command"])
+        write(results, a.stem, sum(r["seconds"] for r in results["models"].values()))
+        return 0
+    t_all = time.perf_counter()
+    for name in a.models:
+        t_model = time.perf_counter()
+        proto = load_model(benchlib.ZOO / "models" / f"{name}.onnx")
+        plan = prepare_data(proto, data=benchlib.ZOO / "data" / "imagenet-sample", recipe=RECIPES[name], batch_size=32,
+                            calib_limit=256, seed=0, cache_dir=cache / name)
+        ctx, evaluation = plan.ctx, plan.evaluation
+        ev = Evaluator(proto, evaluation)
+        base_eval = ev.baseline()
+        feed = batch1_feed(ctx)
+        res: dict[str, Any] = {"split": plan.report["split"], "eval_top1": base_eval, "rows": [], "uniform": []}
+        # sensitivity timing: fresh caches, 1 then 2 workers
+        if name == a.timing_model:
+            settings = SweepSettings(ratios=tuple(float(r) for r in a.ratios.split("|")))
+            for w in (1, 2):
+                with tempfile.TemporaryDirectory() as tmp:
+                    t = time.perf_counter()
+                    table = sweep(proto, ctx.replace(cache_dir=Path(tmp)), settings, workers=w)
+                    res[f"sweep_seconds_{w}_workers"] = round(time.perf_counter() - t, 1)
+                    res["sweep_candidates"] = len(table["candidates"])
+        # uniform baselines
+        for r in a.uniform:
+            try:
+                out, rec = run_passes(proto, [f"prune-channels:ratio={r},latency-guard=false"], ctx=ctx)
+            except OnnxPruneError as exc:
+                res["uniform"].append({"ratio": r, "error": str(exc)})
+                continue
+            s = speed(proto, out, feed)
+            res["uniform"].append({"ratio": r, "speedup": s[0], "spread": [s[1], s[2]],
+                                   "drop": 100 * (base_eval - ev.score(out)), "size": out.ByteSize()})
+        for methods in a.methods:
+            for target in a.targets:
+                spec = (f"auto:speedup={target},max-drop=1.0,methods={methods},ratios={a.ratios},rounds={a.rounds},"
+                        f"on-miss=best,workers={a.workers},quantize-options={a.quantize_options}" + (f",{a.auto_options}" if a.auto_options else ""))
+                t = time.perf_counter()
+                try:
+                    out, rec = run_passes(proto, [spec], ctx=ctx)
+                except OnnxPruneError as exc:
+                    res["rows"].append({"methods": methods, "target": target, "error": str(exc)})
+                    continue
+                st = rec[0].stats
+                s = speed(proto, out, feed)
+                ch = st["chosen"] or {}
+                res["rows"].append({
+                    "methods": methods, "target": target, "spec": spec, "seconds": round(time.perf_counter() - t, 1),
+                    "target_met_on_calib": st["target_met"], "speedup": s[0], "spread": [s[1], s[2]],
+                    "eval_drop": 100 * (base_eval - ev.score(out)), "calib_drop": ch.get("drop"),
+                    "predicted_speedup": ch.get("predicted_speedup"), "search_speedup": ch.get("speedup"),
+                    "size": out.ByteSize(), "levels": ch.get("levels"), "notes": st["notes"],
+                    "quantize": st["quantize"], "sensitivity": {k: v for k, v in st["sensitivity"].items() if k != "rows"},
+                    "points": [{k: p.get(k) for k in ("label", "drop", "speedup", "predicted_speedup", "size_bytes")}
+                               for p in st["points"]],
+                })
+                print(name, methods, target, json.dumps({k: res["rows"][-1][k] for k in
+                                                        ("speedup", "eval_drop", "calib_drop", "predicted_speedup",
+                                                         "target_met_on_calib", "seconds")}), flush=True)
+        res["original_size"] = proto.ByteSize()
+        res["seconds"] = round(time.perf_counter() - t_model, 1)
+        results["models"][name] = res
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / f"{name}.result.json").write_text(json.dumps({"environment": env, "result": res},
+                                                              default=benchlib._json_default))
+    if len(a.models) == len(RECIPES):
+        write(results, a.stem, time.perf_counter() - t_all)
+    return 0
+
+
+def _fmt(x: float | None, d: int = 2) -> str:
+    return "" if x is None else f"{x:.{d}f}"
+
+
+def write(results: dict[str, Any], stem: str, seconds: float) -> None:
+    lines = ["# auto: compression to a budget (speed-up target, at most 1 point of top-1)", ""]
+    lines += benchlib.env_lines(results["environment"])
+    for c in results.get("commands", []):
+        lines.append(f"* per-model command: `{c}`")
+    lines += [f"* run time: {seconds / 60:.1f} min (sum over models)", ""]
+    lines += [
+        "Data: the zoo's 1000 ImageNet images, split with seed 0 into 256 calibration images (all the search sees: "
+        "sensitivity, reconstruction, quantization ranges, its own accuracy checks) and 744 evaluation images "
+        "(every *eval drop* below). No fine-tuning. Speed-up: original / compressed latency, onnxruntime CPU, "
+        "1 thread, batch 1, timed interleaved here after the search, median of 3 repeats of 40 runs (spread min-max). "
+        "*calib drop*: what the search measured on its calibration data; *predicted*: the per-node latency model's "
+        "speed-up for the chosen allocation. *met*: the search's own verdict (calibration data, its timing); "
+        "a row meets the issue's bar when eval drop <= 1.0 and the speed-up reaches the target.", ""]
+    for name, r in results["models"].items():
+        lines += [f"## {name}", "", f"Evaluation top-1 of the original: {100 * r['eval_top1']:.2f} % "
+                  f"({r['split']['evaluation']} images). Model time {r['seconds'] / 60:.1f} min."]
+        if "sweep_seconds_1_workers" in r:
+            lines.append(f"Sensitivity sweep ({r['sweep_candidates']} candidates, fresh cache): "
+                         f"{r['sweep_seconds_1_workers']} s with 1 worker, {r['sweep_seconds_2_workers']} s with 2.")
+        lines.append("")
+        rows = []
+        for row in r["rows"]:
+            if "error" in row:
+                rows.append([row["methods"], row["target"], "error: " + row["error"]] + [""] * 8)
+                continue
+            uni = [u for u in r["uniform"] if "speedup" in u and u["speedup"] >= row["speedup"]]
+            best_u = min(uni, key=lambda u: u["drop"]) if uni else None
+            ok = row["eval_drop"] <= 1.0 and row["speedup"] >= row["target"]
+            rows.append([row["methods"], f"{row['target']:g}x", f"{row['speedup']:.2f} ({row['spread'][0]:.2f}-{row['spread'][1]:.2f})",
+                         _fmt(row["predicted_speedup"]), _fmt(row["eval_drop"]), _fmt(row["calib_drop"]),
+                         f"{row['size'] / r['original_size'] * 100:.0f} %", "yes" if row["target_met_on_calib"] else "no",
+                         "**yes**" if ok else "no", row["seconds"],
+                         "none reaches it" if best_u is None else f"ratio {best_u['ratio']:g}: {best_u['speedup']:.2f}x, "
+                                                                   f"drop {best_u['drop']:.2f}"])
+        lines.append(benchlib.md_table(["methods", "target", "speed-up", "predicted", "eval drop", "calib drop", "size",
+                                        "met (search)", "meets bar", "search s", "best uniform at >= that speed-up"],
+                                       rows))
+        lines += ["", "Uniform prune-channels (same criterion and reconstruction defaults, latency guard off):", ""]
+        lines.append(benchlib.md_table(["ratio", "speed-up", "eval drop", "size"],
+                                       [[u["ratio"], f"{u['speedup']:.2f}" if "speedup" in u else u.get("error"),
+                                         _fmt(u.get("drop")), f"{u['size'] / r['original_size'] * 100:.0f} %" if "size" in u else ""]
+                                        for u in r["uniform"]]))
+        lines.append("")
+    benchlib.write_report(stem, "\n".join(lines), results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
