@@ -216,6 +216,14 @@ def test_refit_downdates_match_direct_ridge_solves(n_atoms, block, seed):
         prior = left + [order[t - 1]]
         best = min(objective([a for a in prior if a != b]) for b in prior)
         assert losses[t - 1] == pytest.approx((best - j0) / energy, rel=1e-6, abs=1e-9)
+    # two steps: each atom's loss is measured on top of its step's start (a joint rank-k downdate)
+    order, losses = cg.greedy_refit([cg._Refit(cons, np.repeat(np.arange(n_atoms), block), 1e-2)],
+                                    list(range(n_atoms)), steps=2)
+    first = -(-n_atoms // 2)
+    for t, a in enumerate(order):
+        start = list(range(n_atoms)) if t < first else [b for b in range(n_atoms) if b not in order[:first]]
+        want = (objective([b for b in start if b != a]) - j0) / energy
+        assert losses[t] == pytest.approx(want, rel=1e-6, abs=1e-9)
 
 
 # ---------------------------------------------------------------------------- car
@@ -330,3 +338,26 @@ def test_car_sample_subset_keeps_reference_and_labels_aligned():
         np.testing.assert_allclose(run(proto, b)[0], r["y"], rtol=1e-5, atol=1e-6)
     chosen = [int(np.flatnonzero((x_all == s).all(axis=(1, 2, 3)))[0]) for b in batches for s in b["x"]]
     assert chosen == sorted(set(chosen)) and list(ds.labels[chosen]) == list(labels)
+
+
+@pytest.mark.zoo
+@pytest.mark.slow
+def test_zoo_mobilenetv2_every_group_measured(zoo):
+    """On a real network every prunable group has a terminal consumer that thinet measures
+    and CAR masks (no l1 fallback), and CAR stays within its evaluation budget."""
+    from onnxprune.api import prepare_data
+    from onnxprune.model import load_model
+
+    proto = load_model(zoo / "models" / "mobilenetv2.onnx")
+    plan = prepare_data(proto, data=str(zoo / "data" / "imagenet-sample"), recipe="torchvision", limit=48,
+                        calib_limit=24, batch_size=8)
+    model = Model(proto)
+    analysis = analyze(model)
+    prunable = [g for g in analysis.groups if analysis.prunable_atoms(g)]
+    for name in ("thinet", "thinet-ls"):
+        scores, stats = get_criterion(name).score(analysis, model, plan.ctx)
+        assert stats[name]["groups_measured"] == len(prunable) and stats[name]["fallback_l1_groups"] == 0
+        assert not any(np.isnan(scores[a]) for g in prunable for a in analysis.prunable_atoms(g))
+    scores, stats = cg.car_scores(analysis, model, plan.ctx, max_evaluations=len(prunable), max_samples=8)
+    assert stats["car"]["evaluations"] <= len(prunable) and stats["car"]["groups_evaluated"] == len(prunable)
+    assert not any(np.isnan(scores[a]) for g in prunable for a in analysis.prunable_atoms(g))
