@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Compress a trained ONNX model: run passes, verify, validate, report, save.",
                 epilog="Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad model file, 4 bad data, "
                        "5 verification failed, 6 unsupported model, 7 quality gate failed. "
-                       "Subcommands: 'onnxprune explain MODEL', 'onnxprune help PASS'.")
+                       "Subcommands: 'onnxprune explain MODEL', 'onnxprune help PASS', 'onnxprune sensitivity MODEL'.")
     p.add_argument("model", nargs="?", help="input .onnx file (never modified)")
     p.add_argument("--passes", nargs="+", default=[], metavar="PASS",
                    help="passes in order, each 'name' or 'name:key=value,key=value' (lists: a|b)")
