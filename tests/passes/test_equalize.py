@@ -77,7 +77,7 @@ def assert_same(a: onnx.ModelProto, b: onnx.ModelProto, rtol: float = 1e-4) -> N
     assert np.max(np.abs(ya - yb)) <= rtol * (np.max(np.abs(ya)) + 1e-6)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(chains(acts=("relu", "none")))
 def test_lossless_relu_and_depthwise(spec):
     m = chain_model(*spec)
@@ -86,12 +86,24 @@ def test_lossless_relu_and_depthwise(spec):
     assert_same(m, out)
     if rec[0].stats["pairs"]:
         assert rec[0].modified
-        # per-channel ranges of every layer but the last come closer together (or stay equal)
-        before, after = ranges(m), ranges(out)
-        assert max(after[:-1]) <= max(before[:-1]) * (1 + 1e-6)
+    if rec[0].stats["pairs"] == 1 and len(spec[0]) == 2:
+        # one pair: after equalization each channel's range is the same in both layers
+        r1, r2 = channel_ranges(out)
+        assert np.allclose(r1, r2, rtol=1e-3)
 
 
-@settings(max_examples=15, deadline=None)
+def channel_ranges(model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray]:
+    """Output-channel ranges of the first Conv, input-channel ranges of the second."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    c1, c2 = [n for n in model.graph.node if n.op_type == "Conv"][:2]
+    w1, w2 = inits[c1.input[1]], inits[c2.input[1]]
+    g = next((a.i for a in c2.attribute if a.name == "group"), 1)
+    r1 = np.abs(w1).reshape(w1.shape[0], -1).max(1)
+    r2 = np.abs(w2.reshape(g, w2.shape[0] // g, w2.shape[1], -1)).max(axis=(1, 3)).reshape(-1)
+    return r1, r2
+
+
+@settings(max_examples=10, deadline=None)
 @given(chains(acts=("clip", "relu")))
 def test_clip_exact_is_lossless(spec):
     m = chain_model(*spec, spread=0.5)
