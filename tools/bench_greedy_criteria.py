@@ -13,12 +13,14 @@ Tools only: not part of the onnxprune package.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchlib import ZOO, env_lines, environment, md_table, write_report  # noqa: E402
 
 from onnxprune.api import prepare_data, run_passes  # noqa: E402
+from onnxprune.channels import analyze  # noqa: E402
 from onnxprune.cost import model_cost  # noqa: E402
-from onnxprune.model import load_model, model_size_bytes  # noqa: E402
+from onnxprune.criteria import get_criterion  # noqa: E402
+from onnxprune.model import Model, load_model, model_size_bytes  # noqa: E402
 from onnxprune.runtime import latency_ratio, make_session  # noqa: E402
 from onnxprune.validate import accuracy  # noqa: E402
 
@@ -56,6 +60,7 @@ def main() -> None:
     ap.add_argument("--reconstruct", default="ls,none")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--out", default="greedy_criteria")
+    ap.add_argument("--reuse", help="log of an earlier run: rows with the same settings are taken from it")
     args = ap.parse_args()
     env = environment()
     proto = load_model(ZOO / "models" / f"{args.model}.onnx")
@@ -68,11 +73,40 @@ def main() -> None:
     base_flops = model_cost(proto, inputs=plan.ctx.input_shapes).flops
     rows: list[dict[str, Any]] = [{"criterion": "original", "top1": base, "flops": 1.0, "latency": [1.0, 1.0, 1.0],
                                    "size_mb": model_size_bytes(proto) / 1e6}]
+    reuse = {}
+    if args.reuse:  # rows printed by an earlier run of this script (its log), keyed by their settings
+        for line in Path(args.reuse).read_text().splitlines():
+            if line.startswith("{"):
+                r = ast.literal_eval(line)
+                reuse[(r["criterion"], r["reconstruct"], r["workers"], r.get("mode", "pass"))] = r
+    counts = [int(w) for w in args.workers.split(",")]
     for crit in args.criteria.split(","):
         for rec in args.reconstruct.split(","):
-            counts = [int(w) for w in args.workers.split(",")]
-            workers = counts if crit in ("car", "thinet") and rec == args.reconstruct.split(",")[0] else counts[-1:]
-            for w in workers:
+            # the pass (top-1) with 1 worker; CAR also with more (determinism: equal weights);
+            # thinet's own time with more workers (it streams in one process).
+            plan_runs = [(counts[0], "pass")]
+            if crit == "car":
+                plan_runs += [(w, "pass") for w in counts[1:]]
+            elif crit.startswith("thinet"):
+                plan_runs += [(w, "criterion") for w in counts[1:]]
+            for w, mode in plan_runs:
+                key = (crit, rec, w, mode)
+                if key not in reuse and crit not in ("car", "thinet", "thinet-ls"):  # workers do not matter
+                    key = next((k for k in reuse if k[0] == crit and k[1] == rec and k[3] == mode), key)
+                if key in reuse:
+                    rows.append(reuse[key])
+                    print("reused", reuse[key], flush=True)
+                    continue
+                if mode == "criterion":
+                    work = Model(proto)
+                    t = time.perf_counter()
+                    scores, cst = get_criterion(crit).score(analyze(work), work, plan.ctx.replace(workers=w))
+                    row = {"criterion": crit, "reconstruct": rec, "workers": w, "mode": mode,
+                           "criterion_seconds": round(time.perf_counter() - t, 1),
+                           "scores": hashlib.sha1(np.nan_to_num(scores, nan=-1.0).tobytes()).hexdigest()[:12]}
+                    rows.append(row)
+                    print(row, flush=True)
+                    continue
                 spec = f"prune-channels:ratio={args.ratio},criterion={crit},reconstruct={rec}"
                 t = time.perf_counter()
                 out, recs = run_passes(proto, [spec], ctx=plan.ctx.replace(workers=w))
@@ -80,17 +114,23 @@ def main() -> None:
                 st = recs[0].stats
                 cs = st.get(crit, {}) if isinstance(st.get(crit), dict) else {}
                 lat = sorted(latency_ratio(proto, out, feed, runs=40) for _ in range(3))
-                row = {"criterion": crit, "reconstruct": rec, "workers": w, "pass_seconds": round(seconds, 1),
+                row = {"criterion": crit, "reconstruct": rec, "workers": w, "mode": mode,
+                       "pass_seconds": round(seconds, 1),
                        "criterion_seconds": cs.get("seconds"), "evaluations": cs.get("evaluations"),
                        "top1": top1(out, plan.evaluation),
                        "flops": model_cost(out, inputs=plan.ctx.input_shapes).flops / base_flops,
                        "latency": lat, "size_mb": model_size_bytes(out) / 1e6, "weights": weights_hash(out),
                        "channels_removed": st.get("channels_removed"), "round_to": st.get("round_to"),
-                       "reverted": st.get("reverted"), "criterion_stats": cs}
+                       "reverted": st.get("reverted")}
+                print(row, flush=True)
+                row["criterion_stats"] = cs
                 rows.append(row)
-                print({k: v for k, v in row.items() if k != "criterion_stats"}, flush=True)
     table = []
     for r in rows:
+        if "top1" not in r:  # criterion-only timing rows
+            table.append([r["criterion"], r["reconstruct"], r["workers"], "", "", "", "", "", r["criterion_seconds"],
+                          "", "(criterion only)", f"scores {r['scores']}"])
+            continue
         table.append([r["criterion"], r.get("reconstruct", ""), r.get("workers", ""), f"{100 * r['top1']:.1f}",
                       f"{100 * (r['top1'] - base):+.1f}" if r["criterion"] != "original" else "",
                       f"{100 * r['flops']:.1f}", f"{r['latency'][1]:.3f} ({r['latency'][0]:.3f}-{r['latency'][2]:.3f})",
