@@ -553,6 +553,16 @@ def input_moments(model: Model, tensors: Sequence[str], ctx: PassContext,
     rng = np.random.default_rng(ctx.seed)
     tap = Tap(model.to_onnx(), list(tensors), ctx.target.threads)
     grams = {t: Gram() for t in tap.tensors}
+    # Rows are pooled over batches before each XᵀX: one sentence gives a dozen rows, and a
+    # [K, K] update per dozen rows would cost more than the model run itself.
+    pending: dict[str, list[np.ndarray]] = {t: [] for t in tap.tensors}
+    held = dict.fromkeys(tap.tensors, 0)
+
+    def flush(name: str) -> None:
+        if pending[name]:
+            grams[name].update(np.concatenate(pending[name]))
+            pending[name], held[name] = [], 0
+
     for batch, (got,) in zip(ctx.calib.batches, stream([tap], ctx.calib)):
         mask = _token_mask(batch)
         for name, value in got.items():
@@ -563,7 +573,12 @@ def input_moments(model: Model, tensors: Sequence[str], ctx: PassContext,
                 rows = feature_rows(x)
             if len(rows) > max_rows:
                 rows = rows[np.sort(rng.choice(len(rows), max_rows, replace=False))]
-            grams[name].update(rows)
+            pending[name].append(rows)
+            held[name] += len(rows)
+            if held[name] >= max_rows:
+                flush(name)
+    for name in tap.tensors:
+        flush(name)
     out = {}
     for name, g in grams.items():
         if g.rows and g.xtx is not None:

@@ -6,7 +6,10 @@
 * :class:`Encoder`: sentence embeddings of one onnxruntime session, batched by length;
 * :func:`sts_spearman`, :func:`embedding_agreement`: quality against the gold scores and
   against the original model's embeddings;
-* :func:`latency_feed`: a batch-1 feed of exactly ``seq`` real tokens for timing.
+* :func:`latency_feed`: a batch-1 feed of exactly ``seq`` real tokens for timing;
+* :func:`split_pairs`: a seeded split of the pairs into calibration and evaluation pairs
+  whose sentences never meet (a calibration sentence also found in an evaluation pair is
+  dropped from calibration).
 
 Needs the ``bench`` extra (``pip install -e ".[bench]"``: tokenizers). Not part of the
 onnxprune package: tools only.
@@ -134,3 +137,25 @@ def latency_feed(tok: Any, pairs: StsPairs, seq: int = MAX_LEN) -> dict[str, np.
     if feed["input_ids"].shape[1] != seq:
         raise ValueError(f"latency feed has {feed['input_ids'].shape[1]} tokens, expected {seq}")
     return feed
+
+
+def subset_pairs(pairs: StsPairs, idx: Sequence[int]) -> StsPairs:
+    return StsPairs(pairs.gold[np.asarray(idx, dtype=np.int64)], [pairs.first[i] for i in idx],
+                    [pairs.second[i] for i in idx])
+
+
+def split_pairs(pairs: StsPairs, n_calib_pairs: int, seed: int = 0,
+                max_sentences: int = 256) -> tuple[list[str], StsPairs, dict[str, Any]]:
+    """Calibration sentences and evaluation pairs, disjoint: a seeded permutation of the pairs,
+    the first ``n_calib_pairs`` give their sentences to calibration (at most ``max_sentences``,
+    none that also occurs in an evaluation pair), the rest are the evaluation pairs."""
+    n = len(pairs.gold)
+    perm = np.random.default_rng(seed).permutation(n)
+    calib_idx, eval_idx = sorted(perm[:n_calib_pairs].tolist()), sorted(perm[n_calib_pairs:].tolist())
+    evaluation = subset_pairs(pairs, eval_idx)
+    seen = set(evaluation.first) | set(evaluation.second)
+    cands = list(dict.fromkeys([pairs.first[i] for i in calib_idx] + [pairs.second[i] for i in calib_idx]))
+    calib = [t for t in cands if t not in seen][:max_sentences]
+    info = {"seed": seed, "calibration_pairs": len(calib_idx), "evaluation_pairs": len(eval_idx),
+            "calibration_sentences": len(calib), "dropped_shared_sentences": sum(t in seen for t in cands)}
+    return calib, evaluation, info
