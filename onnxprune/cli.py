@@ -355,6 +355,7 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
         return model_cost(m, batch=1, inputs=shapes).to_dict()
 
     before = cost(original)
+    before["size_bytes"] = _input_size(Path(args.model))  # on disk, as the output is measured
     try:
         result, records = run_passes(original, passes, verify_each=not args.no_verify_each, cost=cost,
                                      progress=prog.stage, ctx=ctx)
@@ -527,6 +528,26 @@ def _gate(validation: dict[str, Any], args: argparse.Namespace) -> None:
         name, value = fid
         if not value >= args.min_fidelity:
             raise QualityError(f"{name} {value:.4f} is below --min-fidelity {args.min_fidelity}; nothing written")
+
+
+def _input_size(path: Path) -> int:
+    """The input model's bytes on disk: the file plus the external data files it names.
+
+    Only a small .onnx file is parsed again for the names (a model with external data
+    keeps just its graph there); a big one holds its weights itself.
+    """
+    import onnx
+
+    total = path.stat().st_size
+    if total > 64 << 20:
+        return total
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:  # it loaded once already; this is only the size
+        return total
+    names = {e.value for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+             for e in t.external_data if e.key == "location"}
+    return total + sum((path.parent / n).stat().st_size for n in names if (path.parent / n).is_file())
 
 
 def _file_size(path: Path) -> int:

@@ -335,3 +335,20 @@ def test_every_pass_option_is_documented():
 
     missing = [f"{name}:{d.key}" for name, cls in REGISTRY.items() for d in option_docs(cls) if not d.help]
     assert not missing, f"{len(missing)} undocumented options: {', '.join(missing[:20])}"
+
+
+def test_sizes_are_both_on_disk(capsys, tmp_path):
+    """before = the input file (plus its external data), after = the written file(s): like for like."""
+    ext = tmp_path / "ext.onnx"
+    from onnxprune.model import load_model
+
+    onnx.save_model(load_model(MNIST), str(ext), save_as_external_data=True, location="ext.onnx.data",
+                    size_threshold=1024)
+    on_disk = ext.stat().st_size + (tmp_path / "ext.onnx.data").stat().st_size
+    for src, size in ((MNIST, MNIST.stat().st_size), (ext, on_disk)):
+        code, _, err = _run(capsys, src, "--passes", "fold-bn", "--no-validate", "-o", tmp_path / "o.onnx",
+                            "--report", tmp_path / "r.json")
+        assert code == 0, err
+        rep = json.loads((tmp_path / "r.json").read_text())
+        assert rep["before"]["size_bytes"] == size
+        assert rep["after"]["size_bytes"] == (tmp_path / "o.onnx").stat().st_size
