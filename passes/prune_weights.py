@@ -7,7 +7,8 @@ Per layer, one rule (at most one may be given):
 
 * ``threshold=q``: ``|w| < q · std(W)`` becomes 0 (the paper's retraining-free
   "quality parameter"; std over the layer's weights);
-* ``sparsity=s`` (default 0.5 when no rule is given): exactly ``round(s · n)`` of the
+* ``sparsity=s`` (default 0.2 when no rule is given: without retraining, more costs
+  accuracy, see ``docs/benchmarks/deep_compression.md``): exactly ``round(s · n)`` of the
   layer's ``n`` weights, those of smallest magnitude, become 0 (ties broken by position);
 * ``pattern=N:M`` (e.g. ``2:4``): in every group of M consecutive weights along the input
   (reduction) axis only the N largest in magnitude stay. The input axis is Cin for Conv,
@@ -40,7 +41,7 @@ from onnxprune.manager import Pass, PassResult, check_range
 from onnxprune.model import Model
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-DEFAULT_SPARSITY = 0.5
+DEFAULT_SPARSITY = 0.2
 DENSE_NOTE = ("stored dense: the zeros are ordinary float values, so the file size and onnxruntime CPU "
               "latency do not change (share-weights keeps them exactly zero)")
 

@@ -22,6 +22,7 @@ Writes docs/benchmarks/deep_compression.md and .json. Not part of the onnxprune 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -41,16 +42,14 @@ MODELS = {
 }
 
 CONFIGS: list[tuple[str, list[str], str]] = [
-    ("prune 50 % (dense)", ["prune-weights:sparsity=0.5"], "stored dense: same size, same speed"),
-    ("share 4 b, data-free", ["share-weights:bits=4,rounding=nearest"], "k-means + nearest centroid"),
-    ("share 4 b", ["share-weights:bits=4"], "GPTQ rounding on the calibration split"),
+    ("prune 20 % + share 4 b", ["prune-weights", "share-weights"], "the defaults: the target composition"),
+    ("share 4 b", ["share-weights"], "GPTQ rounding + codebook refit on the calibration split"),
+    ("share 4 b, data-free", ["share-weights:rounding=nearest"], "k-means + nearest centroid (the paper before retraining)"),
+    ("share 3..5 b, budget 3.5", ["share-weights:bits=3,budget=3.5,max-bits=5"], "per-layer bits, average 3.5"),
+    ("prune 20 % (dense)", ["prune-weights"], "stored dense: same size, same speed"),
+    ("prune-channels 0.2 + prune 20 % + share 4 b", ["prune-channels:ratio=0.2", "prune-weights", "share-weights"],
+     "channel pruning first"),
     ("share 3 b", ["share-weights:bits=3"], ""),
-    ("share 3..6 b, max-error 0.1", ["share-weights:bits=3,max-error=0.1,max-bits=6"], "per-layer fallback"),
-    ("prune 30 % + share 4 b", ["prune-weights:sparsity=0.3", "share-weights:bits=4"], ""),
-    ("prune q=0.2 + share 3..6 b", ["prune-weights:threshold=0.2", "share-weights:bits=3,max-error=0.1,max-bits=6"],
-     ""),
-    ("prune-channels 0.2 + prune 30 % + share 4 b",
-     ["prune-channels:ratio=0.2", "prune-weights:sparsity=0.3", "share-weights:bits=4"], "channel pruning first"),
 ]
 
 PAPER = [
@@ -82,7 +81,7 @@ def latency(original: Any, compressed: Any, feed: dict[str, np.ndarray], repeats
 
 
 def bench_model(name: str, images: bl.ImageSet, configs: list[tuple[str, list[str], str]], repeats: int,
-                runs: int) -> dict[str, Any]:
+                runs: int, partial: Path) -> dict[str, Any]:
     from onnxprune.api import run_passes
     from onnxprune.context import PassContext
     from onnxprune.data import Dataset, parse_recipe
@@ -104,6 +103,8 @@ def bench_model(name: str, images: bl.ImageSet, configs: list[tuple[str, list[st
     size0 = path.stat().st_size
     print(f"{name}: {size0 / 1e6:.2f} MB, top-1 {100 * base_top1:.2f} % on {evaluation.source}", flush=True)
     rows: list[dict[str, Any]] = []
+    result = {"model": name, "bytes": size0, "top1": base_top1, "evaluation": evaluation.source,
+              "calibration": calib.source, "rows": rows}
     with tempfile.TemporaryDirectory(prefix="bench-dc-") as tmp:
         for label, specs, note in configs:
             t0 = time.perf_counter()
@@ -138,10 +139,11 @@ def bench_model(name: str, images: bl.ImageSet, configs: list[tuple[str, list[st
                 "session_s": load_s, "base_session_s": base_load, "compress_s": seconds,
             }
             rows.append(row)
+            partial.write_text(json.dumps(result, default=bl._json_default, indent=1))
             print(f"  {label}: {size_ratio(row)}  top-1 {100 * top1:.2f} ({row['delta_points']:+.2f})  "
                   f"latency x{lat['ratio']:.3f} [{lat['min']:.3f}..{lat['max']:.3f}]  {seconds:.0f}s", flush=True)
-    return {"model": name, "bytes": size0, "top1": base_top1, "evaluation": evaluation.source,
-            "calibration": calib.source, "rows": rows}
+    partial.write_text(json.dumps(result, default=bl._json_default, indent=1))
+    return result
 
 
 def size_ratio(row: dict[str, Any]) -> str:
@@ -164,7 +166,8 @@ def markdown(env: dict[str, Any], results: list[dict[str, Any]]) -> str:
     ]
     for res in results:
         out += [f"## {res['model']}", "",
-                f"Original: {res['bytes'] / 1e6:.2f} MB, top-1 {100 * res['top1']:.2f} % on {res['evaluation']}.", ""]
+                f"Original: {res['bytes'] / 1e6:.2f} MB, top-1 {100 * res['top1']:.2f} % on {res['evaluation']}."
+                + (f" Command: `{res['environment']['command']}`." if res.get("environment") else ""), ""]
         table = []
         for r in res["rows"]:
             if "error" in r:
@@ -194,12 +197,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", nargs="*", help="labels of the rows to run (default: all)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--render", action="store_true",
+                    help="only merge the per-model results already in build/bench-cache into the report")
     ap.add_argument("--out", default="deep_compression")
     args = ap.parse_args(argv)
     env = bl.environment()
-    images = bl.image_set(bl.ZOO / "data" / "imagenet-sample")
-    configs = [c for c in CONFIGS if not args.configs or c[0] in args.configs]
-    results = [bench_model(m, images, configs, args.repeats, args.runs) for m in args.models]
+    partial = {m: bl.CACHE / f"deep_compression-{m}.json" for m in args.models}
+    if not args.render:
+        bl.CACHE.mkdir(parents=True, exist_ok=True)
+        images = bl.image_set(bl.ZOO / "data" / "imagenet-sample")
+        configs = [c for c in CONFIGS if not args.configs or c[0] in args.configs]
+        for m in args.models:
+            res = bench_model(m, images, configs, args.repeats, args.runs, partial[m])
+            res["environment"] = env
+            partial[m].write_text(json.dumps(res, default=bl._json_default, indent=1))
+    results = [json.loads(partial[m].read_text()) for m in args.models if partial[m].exists()]
+    env = results[0].get("environment", env) if results else env
     md, js = bl.write_report(args.out, markdown(env, results), {"environment": env, "results": results})
     print(f"wrote {md} and {js}")
     return 0
