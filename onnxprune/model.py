@@ -549,6 +549,11 @@ def _keep_outer_weights_outside(main: onnx.GraphProto, g: onnx.GraphProto, own: 
                 _keep_outer_weights_outside(main, sub, own)
 
 
+#: Whole-graph exports (copies of the weights) this process has made; a run reports it
+#: beside runtime.SESSIONS_BUILT and runtime.SERIALISATIONS.
+EXPORTS = [0]
+
+
 def _exportable_as_is(proto: onnx.ModelProto) -> bool:
     """Whether ``proto`` is what :meth:`Model.to_onnx` would make of it unedited: nodes
     uniquely named and in topological order, no value_info, no outer-scope weights."""
@@ -664,6 +669,7 @@ class Model:
         # as it is (metadata set on it) rather than copied again into a fresh proto.
         result = gs.export_onnx(self.graph, do_type_check=False)
         self.exports += 1
+        EXPORTS[0] += 1
         graph = result.graph
         copy_fields(self._meta, result, replace=True)
         for name in ("doc_string", "producer_name", "producer_version", "domain", "model_version"):

@@ -51,11 +51,13 @@ print("RESULT" + json.dumps(out))
 COUNT_CHILD = r"""
 import json, sys
 import onnx, onnxruntime as ort
-counts = {"serialisations": 0, "sessions": 0}
+counts = {"serialisations": 0, "serialised_bytes": 0, "sessions": 0}
 real_ser = onnx.ModelProto.SerializeToString
 def ser(self, *a, **k):
+    out = real_ser(self, *a, **k)
     counts["serialisations"] += 1
-    return real_ser(self, *a, **k)
+    counts["serialised_bytes"] += len(out)
+    return out
 onnx.ModelProto.SerializeToString = ser
 real_init = ort.InferenceSession.__init__
 def init(self, *a, **k):
@@ -105,13 +107,14 @@ def measure_memory(trees: dict[str, Path], sizes: list[float], scenarios: dict[s
 
 def measure_counts(trees: dict[str, Path], work: Path) -> list[dict]:
     rows = []
-    args = [str(ROOT / "models" / "mnist-8.onnx"), "--passes", "fold-bn", "prune-channels:ratio=0.25,round-to=4",
-            "-o", str(work / "mnist-small.onnx")]
-    for tree_name, tree in trees.items():
-        res = _child(COUNT_CHILD, args, tree)
-        rows.append({"code": tree_name, "command": "onnxprune " + " ".join(args[:1] + args[1:-2]) + " -o mnist-small.onnx",
-                     **res})
-        print(json.dumps(rows[-1]), flush=True)
+    models = [ROOT / "models" / "mnist-8.onnx", ROOT.parent / "shared" / "zoo" / "models" / "mobilenetv2.onnx"]
+    for model in [m for m in models if m.exists()]:
+        args = [str(model), "--passes", "fold-bn", "prune-channels:ratio=0.25,round-to=4", "-o", str(work / "small.onnx")]
+        for tree_name, tree in trees.items():
+            res = _child(COUNT_CHILD, args, tree)
+            rows.append({"code": tree_name, "model": model.name,
+                         "command": f"onnxprune {model.name} " + " ".join(args[1:-2]) + " -o small.onnx", **res})
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -136,11 +139,13 @@ def render(mem: list[dict], counts: list[dict], command: str) -> str:
     lines += ["", "## Serialisations and sessions per run", "",
               "Whole-model `SerializeToString` calls (those inside onnx.checker and shape inference included) and "
               "onnxruntime sessions built, for the quick-start command:", "",
-              "| code | serialisations | sessions | exit |", "|---|---|---|---|"]
+              "| model | code | serialisations | bytes serialised | sessions | exit |", "|---|---|---|---|---|---|"]
     for r in counts:
-        lines.append(f"| {r['code']} | {r.get('serialisations', '-')} | {r.get('sessions', '-')} | {r.get('rc', r.get('error'))} |")
-    if counts:
-        lines += ["", f"Command: `{counts[0]['command']}`"]
+        mb = f"{r['serialised_bytes'] / 1e6:.1f} MB" if "serialised_bytes" in r else "-"
+        lines.append(f"| {r['model']} | {r['code']} | {r.get('serialisations', '-')} | {mb} | {r.get('sessions', '-')} "
+                     f"| {r.get('rc', r.get('error'))} |")
+    for cmd in dict.fromkeys(r["command"] for r in counts):
+        lines.append(f"\nCommand: `{cmd}`")
     return "\n".join(lines) + "\n"
 
 
