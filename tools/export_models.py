@@ -170,7 +170,7 @@ def randomize_degenerate_params(model, seed: int = 0) -> None:
                     mod.running_mean.copy_(normal(mod.running_mean, 0.1))
                 if mod.running_var is not None:
                     mod.running_var.copy_(unif(mod.running_var, 0.5, 1.5))
-        for pname, p in model.named_parameters():
+        for _pname, p in model.named_parameters():
             if id(p) in handled or not p.is_floating_point() or p.numel() == 0:
                 continue
             handled.add(id(p))
