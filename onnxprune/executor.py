@@ -22,6 +22,7 @@ import logging
 import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -78,15 +79,27 @@ def run_tasks(fn: Callable[[Any, Any], Any], tasks: Sequence[Any], *, init: Call
     else:
         ctx = mp.get_context("spawn")
         n = min(workers, len(tasks))
-        with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(init, shared)) as pool:
-            futures = [pool.submit(_worker_run, fn, t) for t in tasks]
-            results = []
-            for i, f in enumerate(futures):
-                results.append(f.result())
-                if progress:
-                    progress(i + 1, len(tasks))
+        results = []
         kind, workers = "local", n
+        try:
+            with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init,
+                                     initargs=(init, shared)) as pool:
+                futures = [pool.submit(_worker_run, fn, t) for t in tasks]
+                for i, f in enumerate(futures):
+                    results.append(f.result())
+                    if progress:
+                        progress(i + 1, len(tasks))
+        except BrokenProcessPool as exc:
+            # A worker died (killed for memory, most often): finish the remaining tasks here,
+            # in order, so the sweep still completes with the same results.
+            log.warning("process pool broke after %d of %d tasks (%s); running the rest in this process",
+                        len(results), len(tasks), exc)
+            state = init(shared)
+            for t in tasks[len(results):]:
+                results.append(fn(state, t))
+                if progress:
+                    progress(len(results), len(tasks))
+            kind = "local+inline (pool broke)"
     return results, SweepStats(len(tasks), workers, kind, time.perf_counter() - t0)
 
 

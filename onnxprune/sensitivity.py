@@ -410,7 +410,8 @@ def candidate_specs(c: Candidate, s: SweepSettings, round_to: int) -> list[str |
 
 def _worker_init(shared: Mapping[str, Any]) -> dict[str, Any]:
     proto = onnx.load_from_string(shared["model"])
-    ev = Evaluator(proto, shared["score_data"], threads=shared["threads"], metric=shared["metric"])
+    score_data = shared["score_data"] if shared["score_data"] is not None else shared["calib"]
+    ev = Evaluator(proto, score_data, threads=shared["threads"], metric=shared["metric"])
     ctx = PassContext(calib=shared["calib"], target=shared["target"], input_shapes=shared["input_shapes"],
                       seed=shared["seed"], evaluator=ev, calib_kind=shared["calib_kind"])
     base = ev.baseline()
@@ -487,7 +488,9 @@ def sweep(proto: onnx.ModelProto, ctx: PassContext, s: SweepSettings, *, workers
             log.warning("sensitivity cache %s unreadable (%s); measuring again", path, exc)
     base_sigs = signatures(proto, ctx.input_shapes)
     cands, notes = candidates(proto, ctx, s, base_sigs)
-    shared = {"model": model_bytes, "calib": ctx.calib, "score_data": score_data, "threads": 1, "metric": metric,
+    # score_data None: the calibration data itself (not sent twice to every worker)
+    shared = {"model": model_bytes, "calib": ctx.calib, "score_data": None if score_data is ctx.calib else score_data,
+              "threads": 1, "metric": metric,
               "target": ctx.target, "input_shapes": dict(ctx.input_shapes), "seed": ctx.seed,
               "calib_kind": ctx.calib_kind, "settings": s, "round_to": rt}
     results, stats = run_tasks(_worker_run, cands, init=_worker_init, shared=shared,

@@ -27,6 +27,21 @@ def test_inline_and_pool_agree() -> None:
     assert s1.executor == "inline" and s2.executor == "local" and s2.workers == 2 and s2.tasks == 7
 
 
+def _die_in_worker(state: dict, task: int) -> int:
+    import multiprocessing
+    import os
+
+    if task == 3 and multiprocessing.parent_process() is not None:
+        os._exit(1)  # a worker killed mid-sweep (as the OOM killer would)
+    return task + state["offset"]
+
+
+def test_broken_pool_finishes_inline() -> None:
+    results, stats = run_tasks(_die_in_worker, TASKS, init=_init, shared={"offset": 1}, workers=2)
+    assert results == [t + 1 for t in TASKS]
+    assert "pool broke" in stats.executor
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(UsageError):
         run_tasks(_fn, TASKS, init=_init, shared={"offset": 0}, executor="dask")
