@@ -447,7 +447,12 @@ def _shapes_used(model: Any, shapes: dict[str, tuple[int, ...]], args: argparse.
     else:
         source = "the model's declared shapes"
     listed = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items())
-    text = (f"{listed} (from {source})" if listed else f"the declared shapes ({source})")
+    if not listed:  # the declared shapes, symbolic dims at 1 as the cost model counts them
+        from onnxprune.data import input_specs
+
+        listed = ", ".join(f"{sp.name} {'x'.join(str(d) if isinstance(d, int) and d > 0 else '1' for d in sp.shape)}"
+                           for sp in input_specs(model))
+    text = f"{listed} (from {source})" if not source.startswith("none") else f"{listed} ({source})"
     out: dict[str, Any] = {"inputs": {k: list(v) for k, v in shapes.items()}, "source": source,
                            "dynamic_dims": dynamic}
     if evaluation is not None and evaluation.batches:
