@@ -278,18 +278,34 @@ class StatsReport:
                 **self.extra}
 
 
+def thin(x: np.ndarray, axis: int, max_positions: int | None) -> np.ndarray:
+    """An NCHW-like ``x`` (channels on axis 1) with every s-th spatial position only, so that
+    about ``max_positions`` positions per channel remain (a view; other layouts unchanged)."""
+    if not max_positions or axis != 1 or x.ndim < 3 or not x.flags.c_contiguous:
+        return x
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    step = -(-n * flat.shape[2] // max_positions)
+    if step <= 1:
+        return x
+    step += 1 - step % 2  # odd, so the samples do not fall on the same image columns
+    return flat[:, :, ::step]
+
+
 def channel_stats(model: onnx.ModelProto, tensors: dict[str, int], data: Dataset, *,
-                  threads: int = 1) -> tuple[dict[str, ChannelMoments], StatsReport]:
-    """Per-channel moments of each named tensor (name -> channel axis) over ``data``."""
+                  threads: int = 1, optimize: bool = False,
+                  max_positions: int | None = None) -> tuple[dict[str, ChannelMoments], StatsReport]:
+    """Per-channel moments of each named tensor (name -> channel axis) over ``data``; with
+    ``max_positions``, from about that many spatial positions per batch (see :func:`thin`)."""
     import time
 
     t0 = time.perf_counter()
     PEAK[0] = 0
-    tap = Tap(model, list(tensors), threads)
+    tap = Tap(model, list(tensors), threads, optimize=optimize, prefix=optimize)
     acc = {name: ChannelMoments(axis=axis) for name, axis in tensors.items()}
     for (got,) in stream([tap], data):
         for name, value in got.items():
-            acc[name].update(value)
+            acc[name].update(thin(value, acc[name].axis, max_positions))
     rep = StatsReport(data.n_samples, len(data.batches), time.perf_counter() - t0, PEAK[0],
                       sum(4 * 8 * (m.sum.size if m.sum is not None else 0) for m in acc.values()))
     return acc, rep

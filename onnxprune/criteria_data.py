@@ -31,6 +31,11 @@ from onnxprune.criteria import ChannelCriterion, register
 from onnxprune.model import Model
 
 
+#: spatial positions per batch and tensor the moments are taken at (every position of a
+#: 112x112 map in 16 images is 200k rows; a dead or constant channel is exactly so at any subset)
+MAX_POSITIONS = 4096
+
+
 def measured_spaces(analysis: Analysis) -> dict[int, int]:
     """Space id -> channel axis of every space a data criterion measures (see the module doc)."""
     ctx = analysis.ctx
@@ -60,7 +65,8 @@ class _DataCriterion(ChannelCriterion):
         key = (id(data), tuple(sorted(tensors.items())),
                tuple(analysis.ctx.spaces[s].size for s in sorted(spaces)))
         if key not in self._cache:
-            mom, rep = channel_stats(model.to_onnx(), tensors, data, threads=ctx.target.threads)
+            mom, rep = channel_stats(model.to_onnx(), tensors, data, threads=ctx.target.threads, optimize=True,
+                                     max_positions=MAX_POSITIONS)
             self._cache[key] = (mom, {"activation_stats": rep.to_dict(), "measured_tensors": len(tensors)})
         return self._cache[key]
 

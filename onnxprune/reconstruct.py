@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 #: a Gram over more input features than this is not formed (a 3x3 conv over 512 channels has 4608)
 MAX_FEATURES = 4608
+#: rows per input feature below which a consumer is only bias-corrected (a classifier head
+#: after global pooling sees one row per image: 256 rows for 1280 features would be memorised)
+MIN_ROWS_PER_FEATURE = 4
 
 
 class FitKind(str, enum.Enum):
@@ -217,17 +220,36 @@ def _augmented(g: Gram) -> tuple[np.ndarray, np.ndarray | None]:
     return a, bmat
 
 
-def solve_ridge(g: Gram, ridge: float) -> np.ndarray:
-    """Θ minimising ‖[X 1]Θ − Y‖² + λ‖W‖² (bias unpenalised), λ = ridge · mean(diag XᵀX)."""
+def solve_ridge(g: Gram, ridge: float, theta0: np.ndarray | None = None) -> np.ndarray:
+    """Θ minimising ‖[X 1]Θ − Y‖² + λ‖W − W₀‖² (bias unpenalised), λ = ridge · mean(diag XᵀX):
+    the ridge pulls towards the sliced original weights ``theta0`` (zero when not given), so
+    weak data leaves a layer as it was rather than shrinking it."""
     a, bmat = _augmented(g)
     assert bmat is not None
     f = a.shape[0] - 1
     lam = ridge * float(np.mean(np.diag(a)[:f])) if f else 0.0
-    a[np.arange(f), np.arange(f)] += max(lam, 1e-12 * max(float(np.max(np.diag(a)[:f], initial=0.0)), 1e-30))
+    lam = max(lam, 1e-12 * max(float(np.max(np.diag(a)[:f], initial=0.0)), 1e-30))
+    a[np.arange(f), np.arange(f)] += lam
+    if theta0 is not None:
+        bmat = bmat.copy()
+        bmat[:f] += lam * theta0[:f]
     try:
         return scipy.linalg.solve(a, bmat, assume_a="pos", check_finite=False)
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
         return np.linalg.lstsq(a, bmat, rcond=None)[0]
+
+
+def determined(g: Gram) -> bool:
+    """Enough rows for a least-squares refit that does not just memorise the calibration data."""
+    return g.xtx is not None and g.rows >= MIN_ROWS_PER_FEATURE * (g.xtx.shape[0] + 1)
+
+
+def bias_corrected(g: Gram, theta: np.ndarray) -> np.ndarray:
+    """Θ with its bias row moved so the mean output on the rows matches the target's."""
+    assert g.xsum is not None and g.ysum is not None
+    out = theta.copy()
+    out[-1] += (g.ysum - g.xsum @ theta[:-1]) / max(g.rows, 1) - theta[-1]
+    return out
 
 
 def rel_error(g: Gram, theta: np.ndarray) -> float:
@@ -354,8 +376,13 @@ def reconstruct(model: Any, original: onnx.ModelProto, pruned: Mapping[str, np.n
                 line["mean_shift"] = round(float(np.sqrt(np.mean(delta ** 2))), 6)
             else:
                 g = grams[n.name]
-                before = rel_error(g, theta_of(n, kinds[n.name]))
-                theta = solve_ridge(g, opts.ridge)
+                theta0 = theta_of(n, kinds[n.name])
+                before = rel_error(g, theta0)
+                if determined(g):
+                    theta = solve_ridge(g, opts.ridge, theta0)
+                else:
+                    theta = bias_corrected(g, theta0)
+                    line["fit"] = "bias (under-determined)"
                 after = rel_error(g, theta)
                 if after <= before:
                     write_theta(graph, n, kinds[n.name], theta)
@@ -454,14 +481,22 @@ def lasso_beta(a: np.ndarray, free: np.ndarray, n_zero: int, iters: int = 300, s
 
 
 def error_curve(g: Gram, node: gs.Node, gone_sets: Sequence[np.ndarray]) -> list[float]:
-    """Relative output error of ``node`` after an LS refit without the input channels of each set."""
+    """Relative output error ‖Y − Ŷ‖²/‖Y − Ȳ‖² of ``node`` without the input channels of each set:
+    after an LS refit of the rest (Schur complement, G_SS − G_SK G_KK⁻¹ G_KS = ((G⁻¹)_SS)⁻¹, one
+    inverse for all sets) when the Gram has enough rows, else with only the mean shift corrected."""
     theta = theta_of(node, fit_kind(node))
     a, _ = _augmented(g)
     f = a.shape[0] - 1
-    a[np.arange(f), np.arange(f)] += 1e-9 * max(float(np.mean(np.diag(a)[:f])), 1e-30)
+    n = max(g.rows, 1)
     ysum = theta.T @ a[f]
-    energy = float(np.sum(theta * (a @ theta))) - float(ysum @ ysum) / max(g.rows, 1)
+    energy = float(np.sum(theta * (a @ theta))) - float(ysum @ ysum) / n
     k_blk = channel_blocks(node)
+    refit = determined(g)
+    if refit:
+        a[np.arange(f), np.arange(f)] += 1e-7 * max(float(np.mean(np.diag(a)[:f])), 1e-30)
+        inv = scipy.linalg.inv(a, check_finite=False)
+    else:
+        cov = a[:f, :f] - np.outer(a[f, :f], a[f, :f]) / n
     out = []
     for gone_set in gone_sets:
         gone = np.asarray(gone_set, dtype=np.int64)
@@ -469,14 +504,13 @@ def error_curve(g: Gram, node: gs.Node, gone_sets: Sequence[np.ndarray]) -> list
             out.append(0.0)
             continue
         s = (gone[:, None] * k_blk + np.arange(k_blk)[None]).reshape(-1)
-        keep = np.setdiff1d(np.arange(f + 1), s)
         ts = theta[s]
-        try:
-            chol = scipy.linalg.cho_factor(a[np.ix_(keep, keep)], check_finite=False)
-            cross = a[np.ix_(keep, s)]
-            schur = a[np.ix_(s, s)] - cross.T @ scipy.linalg.cho_solve(chol, cross, check_finite=False)
-        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
-            schur = a[np.ix_(s, s)]
-        out.append(max(float(np.sum(ts * (schur @ ts))), 0.0) / energy)
+        if refit:
+            try:
+                err = float(np.sum(ts * scipy.linalg.solve(inv[np.ix_(s, s)], ts, assume_a="pos", check_finite=False)))
+            except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+                err = float(np.sum(ts * (a[np.ix_(s, s)] @ ts)))
+        else:
+            err = float(np.sum(ts * (cov[np.ix_(s, s)] @ ts)))
+        out.append(max(err, 0.0) / energy)
     return out
-

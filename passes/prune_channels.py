@@ -46,7 +46,10 @@ from onnxprune.model import Model
 #: rows per consumer for the refit and the Grams when calib-rows is not given (spread over the batches)
 DEFAULT_ROWS = 8192
 #: points of each group's error curve (scope=error), interpolated in between
-CURVE_POINTS = 16
+CURVE_POINTS = 10
+#: scope=error never removes more than this fraction of a group (the error estimate is
+#: layer-local; a layer cut to a sliver fails in ways the next layers' Grams do not see)
+MAX_GROUP_CUT = 0.75
 
 
 @dataclass(frozen=True)
@@ -246,7 +249,7 @@ def error_quotas(analysis: Analysis, model: Model, scores: np.ndarray, opts: Opt
             no_estimate += 1
             continue
         n = len(g.atoms)
-        ks = [k for k in range(1, len(prunable) + 1)
+        ks = [k for k in range(1, min(len(prunable), int(MAX_GROUP_CUT * n)) + 1)
               if (n - k) % round_to == 0 and n - k >= opts.min_channels]
         if not ks:
             continue
@@ -308,6 +311,28 @@ def lasso_rescore(analysis: Analysis, model: Model, scores: np.ndarray, counts: 
     return out, done
 
 
+def select_atoms(analysis: Analysis, model: Model, scores: np.ndarray, opts: Options, round_to: int, method: str,
+                 grams: _Grams, snapshot: onnx.ModelProto, ctx: PassContext, stats: dict[str, Any]) -> list[int]:
+    """The pass's whole choice: per-group quotas (scope, group-ratios), the lowest-scoring atoms,
+    re-ranked within groups by LASSO when ``method`` is lasso. Notes go into ``stats``."""
+    if opts.scope == "error":
+        quota, stats["allocation"] = error_quotas(analysis, model, scores, opts, round_to, grams.get(model, analysis),
+                                                  snapshot, ctx)
+    else:
+        quota = group_quotas(analysis, scores, opts)
+    quota, unknown = apply_group_ratios(analysis, quota, opts)
+    if unknown:
+        stats["group_ratios_unmatched"] = unknown
+    atoms = choose_atoms(analysis, scores, opts, round_to, quota)
+    if method == "lasso" and atoms:
+        counts: dict[int, int] = {}
+        for a in atoms:
+            counts[analysis.atoms[a].group] = counts.get(analysis.atoms[a].group, 0) + 1
+        lasso_scores, stats["lasso_groups"] = lasso_rescore(analysis, model, scores, counts, grams.get(model, analysis))
+        atoms = choose_atoms(analysis, lasso_scores, opts, round_to, counts)
+    return atoms
+
+
 # ---------------------------------------------------------------------------- the pass
 
 
@@ -352,23 +377,7 @@ class PruneChannels(Pass):
         stats.update(crit_stats)
         tried: list[dict[str, Any]] = []
         while True:
-            if opts.scope == "error":
-                quota, alloc = error_quotas(analysis, model, scores, opts, round_to, grams.get(model, analysis),
-                                            snapshot, ctx)
-                stats["allocation"] = alloc
-            else:
-                quota = group_quotas(analysis, scores, opts)
-            quota, unknown = apply_group_ratios(analysis, quota, opts)
-            if unknown:
-                stats["group_ratios_unmatched"] = unknown
-            atoms = choose_atoms(analysis, scores, opts, round_to, quota)
-            if method == "lasso" and atoms:
-                counts: dict[int, int] = {}
-                for a in atoms:
-                    counts[analysis.atoms[a].group] = counts.get(analysis.atoms[a].group, 0) + 1
-                lasso_scores, stats["lasso_groups"] = lasso_rescore(analysis, model, scores, counts,
-                                                                    grams.get(model, analysis))
-                atoms = choose_atoms(analysis, lasso_scores, opts, round_to, counts)
+            atoms = select_atoms(analysis, model, scores, opts, round_to, method, grams, snapshot, ctx, stats)
             if not atoms:
                 stats.update(round_to=round_to, channels_removed=0, latency_tried=tried)
                 if tried:
