@@ -343,6 +343,48 @@ def write_external(model: onnx.ModelProto, path: str | os.PathLike[str], *, data
     return data_path
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _len_field(number: int, size: int) -> bytes:
+    return _varint(number << 3 | 2) + _varint(size)
+
+
+def write_streamed(model: onnx.ModelProto, fh: Any) -> int:
+    """Write ``model``'s wire format to ``fh`` one initializer at a time; return the bytes written.
+
+    ``SerializeToString`` would hold the whole file in memory once more. Protobuf merges
+    repeated occurrences of a message field, so the file is the model without its graph,
+    then the graph field holding the graph without initializers followed by each
+    initializer as its own entry: the bytes parse to the same model.
+    """
+    graph_no = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+    init_no = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+    head = onnx.ModelProto()
+    copy_fields(model, head, skip="graph")
+    rest = onnx.GraphProto()
+    copy_fields(model.graph, rest, skip="initializer")
+    rest_bytes = rest.SerializeToString()
+    sizes = [t.ByteSize() for t in model.graph.initializer]
+    graph_size = len(rest_bytes) + sum(len(_len_field(init_no, s)) + s for s in sizes)
+    written = 0
+    for chunk in (head.SerializeToString(), _len_field(graph_no, graph_size), rest_bytes):
+        fh.write(chunk)
+        written += len(chunk)
+    for t, size in zip(model.graph.initializer, sizes):
+        chunk = t.SerializeToString()
+        fh.write(_len_field(init_no, size))
+        fh.write(chunk)
+        written += len(_len_field(init_no, size)) + size
+    return written
+
+
 _TMP_MARK = ".onnxprune-tmp-"
 
 
@@ -447,7 +489,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, external
                 os.replace(tmp_data, folder / data_name)
             else:
                 with open(tmp_model, "wb") as fh:
-                    fh.write(model.SerializeToString())
+                    write_streamed(model, fh)
             os.replace(tmp_model, target)
         finally:
             for t in temps:
