@@ -4,7 +4,8 @@ Checks, in order: every tensor has one producer (and is not also an initializer 
 graph input), the graph is acyclic, graph inputs and outputs keep their names, element
 types and shapes, ``onnx.checker`` (full check, which includes strict shape inference
 with type checks: no second inference is run) passes, and onnxruntime builds a session
-and runs it once on dummy inputs (some errors show only when a node runs).
+and (below :data:`onnxprune.runtime.FILE_SESSION_BYTES`, for memory) runs it once on
+dummy inputs (some errors show only when a node runs).
 ``onnx.checker`` alone is not enough: it accepts models onnxruntime refuses (a Conv bias
 of the wrong length, for one).
 
@@ -100,6 +101,13 @@ def check_runtime(model: onnx.ModelProto, reference: onnx.ModelProto | None = No
     # Building a session is not enough: onnxruntime checks a Conv bias's length, say, only
     # when it runs the node. One run on dummy inputs (ones, symbolic dims 1) catches those;
     # a failure the reference shows on the same inputs is the input's, not the pass's.
+    # Not for models past runtime.FILE_SESSION_BYTES: the run pages in every weight once
+    # more beside the input and the export (over the 3x-the-model memory budget).
+    from onnxprune.runtime import FILE_SESSION_BYTES
+    from onnxprune.shapes import proto_size
+
+    if proto_size(model) >= FILE_SESSION_BYTES:
+        return
     feeds = _dummy_feeds(model)
     if feeds is None:
         return
