@@ -1,27 +1,39 @@
 #!/usr/bin/env python3
-"""lowrank and diagonal on the MiniLM sentence encoder (issue #4).
+"""lowrank plain vs ``whiten=true`` (SVD-LLM) on the MiniLM sentence encoder, at equal FLOPs (issue 7).
 
 On ``../shared/zoo/models/minilm/model.onnx`` (all-MiniLM-L6-v2; skipped with a message
-when absent), one row per setting of ``lowrank`` (energy, fraction) and ``diagonal``:
+when absent):
 
-* layers rewritten (of the MatMul/Gemm candidates) and why the others were not;
-* FLOPs and params at batch 1 x 128 tokens (``onnxprune.cost``, ``dims={"seq": 128}``);
-* latency ratio to the original: onnxruntime CPU, 1 thread, batch 1 x 128 real tokens,
-  the original and every distinct model timed interleaved in one run;
-* STS-B Spearman x 100 on the zoo's 690 pairs (``data/sts-b/sts-b-half-a.tsv``: cosine of
-  the two ``sentence_embedding`` outputs vs the gold score; the original gives 80.82);
-* mean and min cosine similarity of each sentence's embedding to the original's.
+* **data kept apart**: the zoo's 690 STS-B pairs (``data/sts-b/sts-b-half-a.tsv``) are
+  split by pair with a seed: ``--calib-pairs`` pairs give their sentences to calibration
+  (at most 256; a sentence that also occurs in an evaluation pair is left out), the other
+  pairs are the evaluation set. Calibration goes through the tool's own text path: the
+  sentences are written one a line to a ``.txt`` and loaded with
+  ``prepare_data(calib=..., tokenizer=tokenizer.json)`` (padded to 128, padded tokens left
+  out of the statistics by the attention mask);
+* **equal FLOPs**: ``fraction=F`` gives plain and whitened SVD the same rank in every layer;
+  for each whitened ``energy=E`` row (ranks by output energy), plain SVD is run again at
+  exactly the whitened run's per-layer ranks. Both with ``check-latency=false`` (the
+  comparison is of the rank cut, not of the guard); the whitened energy rows are also run
+  as shipped (``check-latency`` on);
+* FLOPs and params at batch 1 x 128 tokens (``onnxprune.cost``); STS-B Spearman x 100 on the
+  evaluation pairs (the original model's on the same pairs is the anchor); embedding
+  cosine to the original on the evaluation sentences; latency ratio at batch 1 x 128 real
+  tokens, 1 thread, every distinct model and the original interleaved in one run,
+  repeated ``--latency-repeats`` times (median and spread of the ratios);
+* the wall time of the pass itself, including ``lowrank:energy=0.9`` as shipped (issue 10
+  item 14: it took 246 s).
 
-Every setting runs as shipped (per-layer ``check-latency`` on) and again with
-``check-latency=false``. Writes ``docs/benchmarks/minilm.md`` and ``minilm.json``;
-needs ``tokenizers`` (the ``bench`` extra). See tools/README.md for how to rerun it.
+Writes ``docs/benchmarks/minilm.md`` and ``minilm.json``; needs ``tokenizers``.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import logging
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,130 +43,159 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl  # noqa: E402
 import benchlib_nlp as nlp  # noqa: E402
-from bench_lowrank_zoo import layer_summary, shipped, unchecked  # noqa: E402
+from bench_lowrank_zoo import layer_summary  # noqa: E402
 
 MODEL = Path("models") / "minilm" / "model.onnx"
 SEQ = 128
-SETTINGS = ["lowrank:energy=0.5", "lowrank:energy=0.7", "lowrank:energy=0.8", "lowrank:energy=0.9",
-            "lowrank:energy=0.95", "lowrank:energy=0.98", "lowrank:energy=0.99", "lowrank:energy=0.995",
-            "lowrank:energy=0.999", "lowrank:fraction=0.25", "lowrank:fraction=0.4",
-            "diagonal", "diagonal:rank=64"]
+NOCHECK = "check-latency=false"
+FRACTIONS = [0.3, 0.4, 0.5, 0.55]
+# Output energy is far more concentrated than weight energy (a few outlier features carry most
+# of E||xW||²), so the useful whitened thresholds sit close to 1.
+ENERGIES = [0.99, 0.995, 0.998]
+SHIPPED = ["lowrank:whiten=true,fraction=0.5", "lowrank:whiten=true,energy=0.995", "lowrank:energy=0.9"]
+TARGET_FLOPS, TARGET_DROP = 0.80, 1.0  # >= 20 % fewer FLOPs within 1.0 point of STS-B
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", type=Path, default=bl.ZOO)
-    ap.add_argument("--settings", default=";".join(SETTINGS),
-                    help="pass specs separated by ';' (as shipped; each also runs with check-latency=false)")
-    ap.add_argument("--no-unchecked", action="store_true", help="skip the check-latency=false rows")
-    ap.add_argument("--latency-runs", type=int, default=60)
+    ap.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
+    ap.add_argument("--energies", default=",".join(map(str, ENERGIES)))
+    ap.add_argument("--shipped", default=";".join(SHIPPED), help="settings run as shipped (check-latency on), ';'-separated")
+    ap.add_argument("--calib-pairs", type=int, default=200, help="pairs whose sentences calibrate (default 200)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the pair split (default 0)")
+    ap.add_argument("--latency-runs", type=int, default=50)
+    ap.add_argument("--latency-repeats", type=int, default=3)
     ap.add_argument("--acc-threads", type=int, default=2, help="threads for the STS-B runs (latency is always 1)")
     ap.add_argument("--batch", type=int, default=32, help="sentences per batch for the STS-B runs")
     ap.add_argument("--out", type=Path, default=bl.DOCS)
     ap.add_argument("--stem", default="minilm")
-    args = ap.parse_args(argv)
-    if args.latency_runs < 50:
-        ap.error("--latency-runs: at least 50 (the issue asks for a median of >= 50 runs)")
-    return args
+    return ap.parse_args(argv)
 
 
 def cost128(proto: onnx.ModelProto) -> dict[str, Any]:
     from onnxprune.cost import model_cost
 
-    try:
-        c = model_cost(proto, batch=1, dims={"seq": SEQ})
-        return {"flops": int(c.flops), "params": int(c.params), "unknown_shape_nodes": len(c.unknown_shape_nodes)}
-    except Exception as exc:
-        return {"flops": None, "params": None, "error": bl.first_line(exc)}
+    c = model_cost(proto, batch=1, dims={"seq": SEQ})
+    return {"flops": int(c.flops), "params": int(c.params)}
+
+
+def trimmed(ds: Any) -> Any:
+    """``ds`` with each sample's padding cut off (batches of one sentence at its own length)."""
+    from onnxprune.data import Dataset, stacked
+
+    arrays = stacked(ds)
+    lengths = arrays["attention_mask"].sum(axis=1)
+    batches = [{k: v[i:i + 1, :int(n)] for k, v in arrays.items()} for i, n in enumerate(lengths)]
+    return Dataset(batches, ds.labels, ds.source + " (padding cut per sentence)", indices=ds.indices)
 
 
 class Bench:
-    def __init__(self, path: Path, args: argparse.Namespace):
+    def __init__(self, path: Path, args: argparse.Namespace, workdir: Path):
+        from onnxprune.api import prepare_data
         from onnxprune.model import load_model
 
         self.args = args
         self.raw = onnx.load(str(path))
         self.base = load_model(path)
         self.cost = cost128(self.raw)
-        self.pairs = nlp.load_sts(args.zoo)
+        pairs = nlp.load_sts(args.zoo)
+        calib, self.pairs, self.split = nlp.split_pairs(pairs, args.calib_pairs, args.seed)
         self.sentences = self.pairs.sentences()
+        self.split["evaluation_sentences"] = len(self.sentences)
+        text = workdir / "calibration.txt"
+        text.write_text("\n".join(calib) + "\n", encoding="utf-8")
+        t0 = time.perf_counter()
+        plan = prepare_data(self.base, calib=text, tokenizer=args.zoo / nlp.TOKENIZER_FILE, calib_limit=256,
+                            need_eval=False, seed=args.seed)
+        # The text path pads every sentence to 128 tokens; padded rows are left out of the
+        # statistics anyway, so each sample is cut to its real tokens before the passes stream it
+        # (the same statistics at a fraction of the model runs' cost).
+        self.ctx = plan.ctx.replace(calib=trimmed(plan.ctx.calib)) if plan.ctx.calib is not None else plan.ctx
+        self.split["calibration_load_seconds"] = round(time.perf_counter() - t0, 1)
+        self.split["calibration_source"] = self.ctx.calib.source if self.ctx.calib else None
         self.tok = nlp.tokenizer(args.zoo)
         self.enc = nlp.Encoder(self.tok, args.batch)
-        self.feed = nlp.latency_feed(self.tok, self.pairs, SEQ)
+        self.feed = nlp.latency_feed(self.tok, pairs, SEQ)
         self.ref_shapes = bl.output_shapes(bl.session(self.raw), self.feed)
-        t0 = time.perf_counter()
         self.ref_quality, self.ref_emb = nlp.evaluate(bl.session(self.raw, args.acc_threads), self.enc, self.pairs,
                                                       self.sentences)
-        self.eval_seconds = time.perf_counter() - t0
         self.measured: dict[str, dict[str, Any]] = {}
         self.protos: dict[str, onnx.ModelProto] = {}
         self.rows: list[dict[str, Any]] = []
 
-    def evaluate(self, row: dict[str, Any], proto: onnx.ModelProto | None) -> dict[str, Any]:
-        if proto is not None:
-            digest = hashlib.sha1(proto.SerializeToString(deterministic=True)).hexdigest()
-            row["model_sha1"] = digest
-            if digest not in self.measured:
-                self.measured[digest] = self._measure(proto)
-                if self.measured[digest]["valid"]:
-                    self.protos[digest] = proto
-            row.update(self.measured[digest])
-            if not row["valid"]:
-                row["bug"] = True
-        if row.get("flops") and self.cost["flops"]:
-            row["flops_frac"] = row["flops"] / self.cost["flops"]
-            row["params_frac"] = row["params"] / self.cost["params"]
-        self.rows.append(row)
-        q = "" if row.get("spearman") is None else (f" Spearman {row['spearman']:.2f} cos mean "
-                                                    f"{row['mean_cosine']:.4f} min {row['min_cosine']:.4f}")
-        fl = "" if row.get("flops_frac") is None else f" FLOPs {100 * row['flops_frac']:.1f}%"
-        lay = "" if row.get("candidates") is None else f" rewritten {row['rewritten']}/{row['candidates']}"
-        why = "" if row.get("valid") else f" INVALID ({row.get('error', '')})"
-        print(f"  [minilm] {row['setting']:44s}{lay}{fl}{q} {row.get('seconds', '')}s{why}", flush=True)
-        return row
-
     def _measure(self, proto: onnx.ModelProto) -> dict[str, Any]:
         ok, why, _ = bl.check_valid(proto, self.ref_shapes, self.feed)
         out: dict[str, Any] = {"valid": ok, "error": why}
-        if not ok:
-            return out
-        out.update(cost128(proto))
-        try:
+        if ok:
+            out.update(cost128(proto))
             q, _ = nlp.evaluate(bl.session(proto, self.args.acc_threads), self.enc, self.pairs, self.sentences,
                                 self.ref_emb)
             out.update(q)
-        except Exception as exc:
-            out.update(valid=False, error="STS-B run: " + bl.first_line(exc))
         return out
 
-    def run(self, spec: str, group: str) -> dict[str, Any]:
+    def record(self, row: dict[str, Any], proto: onnx.ModelProto) -> dict[str, Any]:
+        digest = hashlib.sha1(proto.SerializeToString(deterministic=True)).hexdigest()
+        row["model_sha1"] = digest
+        if digest not in self.measured:
+            self.measured[digest] = self._measure(proto)
+            if self.measured[digest]["valid"]:
+                self.protos[digest] = proto
+        row.update(self.measured[digest])
+        if row.get("flops"):
+            row["flops_frac"] = row["flops"] / self.cost["flops"]
+            row["params_frac"] = row["params"] / self.cost["params"]
+            row["delta"] = row["spearman"] - self.ref_quality["spearman"]
+        self.rows.append(row)
+        print(f"  [minilm] {row['group']:10s} {row['setting']:60s} FLOPs {100 * row.get('flops_frac', 0):.1f}% "
+              f"Spearman {row.get('spearman', float('nan')):.2f} ({row.get('delta', 0):+.2f}) "
+              f"pass {row.get('seconds')}s", flush=True)
+        return row
+
+    def run(self, spec: Any, group: str, label: str | None = None, **extra: Any) -> tuple[dict[str, Any], Any]:
         from onnxprune.api import run_passes
 
-        row: dict[str, Any] = {"setting": spec, "group": group}
+        specs = spec if isinstance(spec, list) else [spec]
         t0 = time.perf_counter()
-        try:
-            out, records = run_passes(self.base, [spec], verify_each=True)
-        except Exception as exc:
-            row.update(valid=False, error=bl.first_line(exc), bug=True, seconds=round(time.perf_counter() - t0, 1))
-            return self.evaluate(row, None)
-        row.update(seconds=round(time.perf_counter() - t0, 1), modified=records[0].modified,
-                   **layer_summary(records[0].stats))
-        return self.evaluate(row, out)
+        out, records = run_passes(self.base, specs, verify_each=len(specs) == 1, ctx=self.ctx)
+        row: dict[str, Any] = {"setting": label or specs[0], "group": group, **extra,
+                               "seconds": round(time.perf_counter() - t0, 1)}
+        if len(records) == 1:
+            row.update(layer_summary(records[0].stats))
+            row["calibration"] = records[0].stats.get("calibration")
+            layers = [x for x in records[0].stats["layers"] if not x.get("skipped")]
+            row["ranks"] = {x["name"]: x["ranks"]["r"] for x in layers}
+            errs = [x["output_error"] for x in layers if "output_error" in x]
+            row["mean_output_error"] = sum(errs) / len(errs) if errs else None
+        return self.record(row, out), records
+
+    def plain_at(self, ranks: dict[str, int], label: str) -> dict[str, Any]:
+        """Plain SVD at exactly the given per-layer ranks (one lowrank pass per layer)."""
+        from onnxprune.passes.lowrank import LowRankFactorize, Options
+
+        passes = [LowRankFactorize(Options(rank=r, layers=(name,), check_latency=False, only_cheaper=False))
+                  for name, r in ranks.items()]
+        row, _ = self.run(passes, "matched", label=label)
+        row["rewritten"] = len(ranks)
+        return row
 
     def latency(self) -> None:
         raw_digest = hashlib.sha1(self.raw.SerializeToString(deterministic=True)).hexdigest()
         digests = [d for d in self.protos if d != raw_digest]
         sessions = [bl.session(self.raw, 1)] + [bl.session(self.protos[d], 1) for d in digests]
-        t0 = time.perf_counter()
-        res = bl.latency_ratios(sessions, self.feed, runs=self.args.latency_runs)
-        print(f"  [minilm] latency: {len(sessions)} sessions x {self.args.latency_runs} runs interleaved, "
-              f"{time.perf_counter() - t0:.0f}s; original median {res[0]['median_ms']:.2f} ms", flush=True)
-        self.baseline_ms = res[0]["median_ms"]
-        by = {raw_digest: res[0], **dict(zip(digests, res[1:]))}
+        ratios: dict[str, list[float]] = {d: [] for d in [raw_digest] + digests}
+        base_ms = []
+        for _ in range(self.args.latency_repeats):
+            res = bl.latency_ratios(sessions, self.feed, runs=self.args.latency_runs)
+            base_ms.append(res[0]["median_ms"])
+            for d, r in zip([raw_digest] + digests, res):
+                ratios[d].append(r["ratio"])
+        self.baseline_ms = statistics.median(base_ms)
         for r in self.rows:
-            if r.get("model_sha1") in by:
-                r["latency"] = by[r["model_sha1"]]
-                r["latency_ratio"] = r["latency"]["ratio"]
+            got = ratios.get(r.get("model_sha1", ""))
+            if got:
+                r["latency_ratios"] = got
+                r["latency_ratio"] = statistics.median(got)
 
 
 # ---------------------------------------------------------------------------- report
@@ -163,63 +204,87 @@ def _f(x: float | None, fmt: str = "{:.1f}") -> str:
     return "" if x is None else fmt.format(x)
 
 
-def _why(r: dict) -> str:
-    return ", ".join(f"{k} ×{v}" for k, v in sorted(r.get("skip_reasons", {}).items(), key=lambda kv: -kv[1]))
+def _lat(r: dict) -> str:
+    got = r.get("latency_ratios")
+    if not got:
+        return ""
+    return f"{statistics.median(got):.2f} ({min(got):.2f}–{max(got):.2f})"
 
 
-HEAD = ["setting", "rewritten / candidates", "FLOPs %", "params (M)", "latency ratio", "STS-B Spearman",
-        "Δ Spearman", "embedding cos mean", "embedding cos min", "mean weight error", "not rewritten because"]
+HEAD = ["setting", "layers", "FLOPs %", "params (M)", "latency ratio (spread)", "STS-B Spearman", "Δ", "emb. cos mean",
+        "mean output error", "pass s"]
 
 
-def _cells(r: dict, base: float) -> list[str]:
+def _cells(r: dict) -> list[str]:
     if not r.get("valid"):
-        return [f"`{r['setting']}`", "", "", "", "", f"**invalid**: {r.get('error', '')[:120]}"] + [""] * 5
-    lay = "" if r.get("candidates") is None else f"{r['rewritten']} / {r['candidates']}"
-    return [f"`{r['setting']}`", lay, _f(100 * r["flops_frac"]), _f(r["params"] / 1e6, "{:.2f}"),
-            _f(r.get("latency_ratio"), "{:.2f}"), _f(r["spearman"], "{:.2f}"), _f(r["spearman"] - base, "{:+.2f}"),
-            _f(r.get("mean_cosine", 1.0), "{:.4f}"), _f(r.get("min_cosine", 1.0), "{:.4f}"),
-            _f(r.get("mean_rel_error"), "{:.2f}"), _why(r)]
+        return [f"`{r['setting']}`", "", "", "", "", f"**invalid**: {r.get('error', '')[:120]}", "", "", "", ""]
+    return [f"`{r['setting']}`", str(r.get("rewritten", "")), _f(100 * r["flops_frac"]), _f(r["params"] / 1e6, "{:.2f}"),
+            _lat(r), _f(r["spearman"], "{:.2f}"), _f(r["delta"], "{:+.2f}"), _f(r.get("mean_cosine"), "{:.4f}"),
+            _f(r.get("mean_output_error"), "{:.3f}"), _f(r.get("seconds"))]
+
+
+def _best(rows: list[dict], drop: float) -> dict | None:
+    ok = [r for r in rows if r.get("valid") and r.get("delta", -99) >= -drop]
+    return min(ok, key=lambda r: r["flops_frac"]) if ok else None
 
 
 def render(data: dict) -> str:
-    L = ["# lowrank and diagonal on MiniLM (all-MiniLM-L6-v2)", ""]
+    L = ["# lowrank on MiniLM: plain SVD vs whitened SVD (SVD-LLM) at equal FLOPs", ""]
     L += bl.env_lines(data["env"])
-    L += [f"* run time: {data['seconds'] / 60:.1f} min", ""]
     m = data.get("minilm")
     if m is None or "skipped" in m:
-        return "\n".join(L + [f"Skipped: {m['skipped'] if m else 'no data'}"])
-    base = m["baseline"]
+        return "\n".join(L + ["", f"Skipped: {m['skipped'] if m else 'no data'}"])
+    L += [f"* run time: {m['seconds'] / 60:.1f} min", ""]
+    sp = m["split"]
     ref = m["reference"]["spearman"]
-    ok = abs(ref - nlp.STS_REFERENCE) < 0.005
-    L += ["No fine-tuning. FLOPs and params at batch 1 x 128 tokens by `onnxprune.cost` (% of the original). "
-          "Latency: onnxruntime CPU, 1 thread, batch 1 x 128 real tokens (the STS-B sentences joined and "
-          "truncated, mask all ones); the original and every distinct model timed interleaved in one run, median "
-          f"of {data['args']['latency_runs']} runs; ratio = model / original (< 1 is faster). STS-B: the zoo's "
-          "690 pairs, tokenised with the model's `tokenizer.json` (truncation 128, pad id 0, padded per batch "
-          "of sentences sorted by length), Spearman x 100 between the cosine of the two `sentence_embedding` "
-          "outputs and the gold score. *embedding cos*: per sentence (all distinct sentences), cosine of the "
-          "compressed model's embedding to the original's, mean and min. *rewritten / candidates*: MatMul/Gemm "
-          "nodes replaced / looked at (12 of the 48 MatMuls are attention products with no constant weight). "
-          "*mean weight error*: mean ‖W − W_approx‖ / ‖W‖ of the rewritten layers.", "",
-          f"Original: {base['flops'] / 1e9:.3f} GFLOPs at 128 tokens, {base['params'] / 1e6:.2f} M params, "
-          f"{m['baseline_ms']:.1f} ms (1 thread); STS-B Spearman **{ref:.2f}** (zoo README: "
-          f"{nlp.STS_REFERENCE:.2f}{', reproduced' if ok else ', **not reproduced**'}). One STS-B evaluation "
-          f"({m['n_sentences']} sentences) takes {m['eval_seconds']:.1f} s. Run time {m['seconds'] / 60:.1f} min.", ""]
-    b = next(r for r in m["rows"] if r["group"] == "baseline")
-    as_shipped = [r for r in m["rows"] if r["group"] == "shipped"]
-    L += ["**As shipped** (`check-latency` on):", "",
-          bl.md_table(HEAD, [_cells(b, ref)] + [_cells(r, ref) for r in as_shipped]), ""]
-    free = [r for r in m["rows"] if r["group"] == "unchecked"]
-    if free:
-        same = {r["setting"]: r.get("model_sha1") for r in as_shipped}
-        differ = [r for r in free if r.get("model_sha1") is None
-                  or r["model_sha1"] != same.get(shipped(r["setting"]))]
-        alike = [r["setting"] for r in free if r not in differ]
-        L += ["**`check-latency=false`** (rows whose model differs from the as-shipped one):", "",
-              bl.md_table(HEAD, [_cells(r, ref) for r in differ]) if differ else "(none)", ""]
-        if alike:
-            L += ["Same model as shipped: " + ", ".join(f"`{s}`" for s in alike) + ".", ""]
-    bugs = [r for r in m["rows"] if r.get("bug")]
+    L += ["No fine-tuning. **Data kept apart**: the zoo's 690 STS-B half-a pairs are split by pair with seed "
+          f"{sp['seed']}: {sp['calibration_pairs']} pairs give their sentences to calibration "
+          f"({sp['calibration_sentences']} sentences; {sp['dropped_shared_sentences']} that also occur in an "
+          f"evaluation pair left out), the other **{sp['evaluation_pairs']} pairs are the evaluation set** "
+          f"({sp['evaluation_sentences']} sentences); no evaluation sentence is ever calibrated on. Calibration "
+          "goes through the tool's text path (a `.txt`, one sentence a line, with `--tokenizer tokenizer.json`, "
+          "padded to 128; padded tokens are left out of the statistics by the attention mask).", "",
+          "FLOPs and params at batch 1 x 128 tokens (`onnxprune.cost`, % of the original). STS-B: Spearman x 100 "
+          "between the cosine of the two `sentence_embedding` outputs and the gold score, **on the evaluation "
+          f"pairs**; the original model scores **{ref:.2f}** on them (the anchor; Δ is against it). *emb. cos "
+          "mean*: cosine of each evaluation sentence's embedding to the original's. *mean output error*: the "
+          "pass's own figure, ‖X(W − Ŵ)‖/‖XW‖ on the calibration rows, mean over rewritten layers (whitened "
+          "rows). Latency: onnxruntime CPU, 1 thread, batch 1 x 128 real tokens, the original and every distinct "
+          f"model interleaved in one run of {data['args']['latency_runs']} rounds, repeated "
+          f"{data['args']['latency_repeats']} times: median ratio (min–max); < 1 is faster. Original: "
+          f"{m['baseline']['flops'] / 1e9:.3f} GFLOPs, {m['baseline']['params'] / 1e6:.2f} M params, "
+          f"{m['baseline_ms']:.1f} ms.", ""]
+    rows = m["rows"]
+    fr = [r for r in rows if r["group"] in ("plain-frac", "whiten-frac")]
+    L += ["## Equal FLOPs, uniform ranks (`fraction=F`: the same rank in every layer for both)", "",
+          bl.md_table(HEAD, [_cells(r) for r in fr]), ""]
+    en = [r for r in rows if r["group"] in ("whiten-energy", "matched")]
+    L += ["## Ranks by output energy (`whiten=true,energy=E`) and plain SVD at exactly those per-layer ranks", "",
+          bl.md_table(HEAD, [_cells(r) for r in en]), ""]
+    sh = [r for r in rows if r["group"] == "shipped"]
+    L += ["## As shipped (`check-latency` on: a layer is kept only when its two MatMuls are faster)", "",
+          bl.md_table(HEAD, [_cells(r) for r in sh]), ""]
+    L += ["## Against the target", ""]
+    for name in ("whitened", "plain"):
+        cand = [r for r in rows if ("whiten=true" in r["setting"]) == (name == "whitened")]
+        b = _best(cand, TARGET_DROP)
+        if b is None:
+            L.append(f"* {name}: no setting within {TARGET_DROP} point of the original.")
+            continue
+        cut = 1 - b["flops_frac"]
+        verdict = ("**meets it**" if cut >= 1 - TARGET_FLOPS
+                   else f"**misses it** by {100 * (1 - TARGET_FLOPS - cut):.1f} points of FLOPs")
+        L.append(f"* {name}: fewest FLOPs within {TARGET_DROP} point: `{b['setting']}`, {100 * cut:.1f} % fewer "
+                 f"FLOPs at Δ {b['delta']:+.2f}, latency ratio {_lat(b) or 'n/a'} (target ≥ 20 % fewer within "
+                 f"1.0 point: {verdict}).")
+    L.append("")
+    t = [r for r in rows if r["setting"] == "lowrank:energy=0.9"]
+    if t:
+        L += [f"Issue 10 item 14: `lowrank:energy=0.9` as shipped ran in {t[0]['seconds']:.1f} s here "
+              f"(was 246 s); it timed {t[0].get('latency_checks', 0) - t[0].get('latency_checks_cached', 0)} "
+              f"layer chains for {t[0].get('latency_checks', 0)} checks (ranks rounded up to the vector width, so "
+              "layers of one shape share measurements).", ""]
+    bugs = [r for r in rows if not r.get("valid")]
     L += ["## Failures", ""]
     L += [f"* `{r['setting']}`: {r.get('error')}" for r in bugs] or ["None: every setting produced a valid model."]
     return "\n".join(L)
@@ -237,21 +302,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[minilm] skipped: {', '.join(missing)} absent", flush=True)
         result: dict[str, Any] = {"skipped": f"{', '.join(missing)} absent"}
     else:
-        b = Bench(path, args)
-        print(f"[minilm] original: Spearman {b.ref_quality['spearman']:.2f} (README {nlp.STS_REFERENCE}), "
-              f"{len(b.sentences)} sentences in {b.eval_seconds:.1f}s", flush=True)
-        b.evaluate({"setting": "original", "group": "baseline"}, b.raw)
-        specs = [s for s in args.settings.split(";") if s.strip()]
-        for spec in specs:
+        with tempfile.TemporaryDirectory(prefix="bench-minilm-") as tmp:
+            b = Bench(path, args, Path(tmp))
+        print(f"[minilm] split {b.split}; original Spearman on evaluation pairs {b.ref_quality['spearman']:.2f}",
+              flush=True)
+        for f in [float(x) for x in args.fractions.split(",") if x]:
+            b.run(f"lowrank:fraction={f},{NOCHECK}", "plain-frac")
+            b.run(f"lowrank:whiten=true,fraction={f},{NOCHECK}", "whiten-frac")
+        for e in [float(x) for x in args.energies.split(",") if x]:
+            row, _ = b.run(f"lowrank:whiten=true,energy={e},{NOCHECK}", "whiten-energy")
+            if row.get("ranks"):
+                b.plain_at(row["ranks"], f"plain SVD at the ranks of whiten=true,energy={e}")
+        for spec in args.shipped.split(";"):
             b.run(spec, "shipped")
-        if not args.no_unchecked:
-            for spec in specs:
-                b.run(unchecked(spec), "unchecked")
         b.latency()
-        result = {"baseline": b.cost, "reference": b.ref_quality, "baseline_ms": b.baseline_ms,
-                  "n_pairs": len(b.pairs.gold), "n_sentences": len(b.sentences),
-                  "eval_seconds": round(b.eval_seconds, 1), "rows": b.rows,
-                  "seconds": round(time.perf_counter() - t0, 1)}
+        for r in b.rows:
+            r.pop("ranks", None)
+        result = {"baseline": b.cost, "reference": b.ref_quality, "baseline_ms": b.baseline_ms, "split": b.split,
+                  "rows": b.rows, "seconds": round(time.perf_counter() - t0, 1)}
     data = {"env": env, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "minilm": result, "seconds": round(time.perf_counter() - t0, 1)}
     md = render(data)

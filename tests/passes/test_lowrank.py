@@ -165,3 +165,27 @@ def test_zoo_minilm_energy_09(zoo):
     ids = np.random.default_rng(0).integers(1000, 30000, (2, 16))
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     assert all(np.isfinite(o).all() for o in run(out, feeds))
+
+
+def test_head_after_shape_reshape_is_costed_at_batch_1(factor):
+    """X[N,C,2,2] ─GlobalAveragePool─▶ Reshape(to [N, -1] computed by Shape→Gather→Concat) ─MatMul(W)─▶ Y:
+    shape inference loses the MatMul input's shape; the layer is costed at its runtime shape [1, C]
+    (batch 1), not at a nominal [32, C] (mobilenetv2's head, issue 7 note)."""
+    c, m = 24, 40
+    w = np.random.default_rng(0).standard_normal((c, m)).astype(np.float32)
+    nodes = [helper.make_node("GlobalAveragePool", ["X"], ["p"], name="gap"),
+             helper.make_node("Shape", ["X"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "zero"], ["n"], name="gather", axis=0),
+             helper.make_node("Unsqueeze", ["n"], ["n1"], name="unsq", axes=[0]),  # opset 12, as exported
+             helper.make_node("Concat", ["n1", "minus1"], ["target"], name="cat", axis=0),
+             helper.make_node("Reshape", ["p", "target"], ["flat"], name="reshape"),
+             helper.make_node("MatMul", ["flat", "W"], ["Y"], name="head")]
+    inits = {"W": w, "zero": np.array(0, dtype=np.int64), "minus1": np.array([-1], dtype=np.int64)}
+    model = normalize(make_model(nodes, [vinfo("X", ["N", c, 2, 2])], [vinfo("Y", ["N", m])], inits, opset=12))
+    from onnxprune.model import Model
+
+    assert [n.inputs[0].shape for n in Model(model).graph.nodes if n.op == "MatMul"] == [None]
+    out, rec = factor.run_pass(model, "lowrank:rank=4,check-latency=false")
+    line = factor.layer(rec, "head")
+    assert line["input_shape"] == [1, c]
+    assert line["flops_before"] == 2 * c * m and line["flops_after"] == 2 * 4 * (c + m)
