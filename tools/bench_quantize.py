@@ -10,7 +10,7 @@ evaluation: the other 744, split by ``onnxprune.api.prepare_data`` with seed 0):
 * ``(b) anchor``: the issue's hand-made path: opset 13, ``quant_pre_process``, QDQ,
   per-channel int8 weights, uint8 activations, MinMax, 64 calibration images;
 * ours: ``quantize`` (its defaults: percentile calibration, measured exclusion),
-  ``equalize quantize``, ``quantize:exclude=none``, ``fp16``.
+  ``equalize quantize``, ``quantize:calibrate=minmax``, ``fp16``.
 
 Each row: validity (full checker + onnxruntime), file size, top-1 on the evaluation split,
 and the latency ratio float/variant (1 thread, all of a model's variants timed interleaved
@@ -138,12 +138,13 @@ def bench_cnn(name: str, args: argparse.Namespace) -> dict[str, Any]:
     variants: dict[str, onnx.ModelProto] = {"float": model}
     rows: dict[str, dict[str, Any]] = {"float": {}}
     t0 = time.perf_counter()
-    rows["(a) quantize_static defaults"] = {}
-    try:
-        variants["(a) quantize_static defaults"] = ort_static(raw, ctx.calib.batches, anchor=False)
-    except Exception as exc:
-        rows["(a) quantize_static defaults"]["error"] = bl.first_line(exc)
-    rows["(a) quantize_static defaults"]["seconds"] = round(time.perf_counter() - t0, 1)
+    if not args.skip_plain:
+        rows["(a) quantize_static defaults"] = {}
+        try:
+            variants["(a) quantize_static defaults"] = ort_static(raw, ctx.calib.batches, anchor=False)
+        except Exception as exc:
+            rows["(a) quantize_static defaults"]["error"] = bl.first_line(exc)
+        rows["(a) quantize_static defaults"]["seconds"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     variants["(b) anchor (hand-made, 64 images)"] = ort_static(raw, ctx.calib.batches[:64], anchor=True)
     rows["(b) anchor (hand-made, 64 images)"] = {"seconds": round(time.perf_counter() - t0, 1)}
@@ -241,7 +242,18 @@ def render(data: dict[str, Any]) -> str:
             "images, seed 0). Latency: float / variant, 1 thread, every variant of a model timed interleaved, "
             "median of the repeats [min-max]. Size: the serialised model. The issue's anchor was measured on an "
             "AVX2 machine; the anchor row here is the same recipe measured on this machine, side by side.", ""]
-    for name, res in data.get("models", {}).items():
+    sections = [("models", "")] + [(k, f" ({k})") for k in data if k.startswith("followup")]
+    for section, suffix in sections:
+        if section != "models":
+            out += [f"# Follow-up run: {section}", ""] + data.get(section + "_notes", [""]) + [""]
+        for name, res in data.get(section, {}).items():
+            out += _cnn_table(name + suffix, res)
+    return _tail(data, out)
+
+
+def _cnn_table(name: str, res: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    if True:
         rows = res["rows"]
         base = rows["float"].get("top1")
         out += [f"## {name}", "", f"Issue anchor (AVX2): {res['anchor_issue']}.", ""]
@@ -261,6 +273,10 @@ def render(data: dict[str, Any]) -> str:
                           _fmt(lat.get("ms"), "{:.2f}"), r.get("seconds", ""), note.strip()])
         out += [bl.md_table(["variant", "valid", "MB", "top-1 %", "Δ points", "speed-up", "ms", "build s", "notes"],
                             table), ""]
+    return out
+
+
+def _tail(data: dict[str, Any], out: list[str]) -> str:
     m = data.get("minilm")
     if m:
         rows = m["rows"]
@@ -287,20 +303,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-minilm", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--specs", default="quantize;equalize quantize;quantize:exclude=none;fp16",
+    ap.add_argument("--specs", default="quantize;equalize quantize;quantize:calibrate=minmax;fp16",
                     help="our pass lists, ';'-separated, passes space-separated")
+    ap.add_argument("--skip-plain", action="store_true", help="leave out (a), quantize_static at its defaults")
+    ap.add_argument("--render", action="store_true", help="only re-render the Markdown from the JSON")
+    ap.add_argument("--section", default="models",
+                    help="JSON key the CNN results go to ('models'; another name adds a follow-up section)")
+    ap.add_argument("--out-json", type=Path, default=None,
+                    help="write this run's JSON here instead of merging into docs (merge later with --merge)")
+    ap.add_argument("--merge", type=Path, default=None, help="merge a --out-json file's sections into the docs JSON")
     args = ap.parse_args(argv)
+    if args.render or args.merge:
+        data = json.loads((bl.DOCS / f"{STEM}.json").read_text())
+        if args.merge:
+            extra = json.loads(args.merge.read_text())
+            data.setdefault("runs", []).append(extra.get("environment"))
+            data.update({k: v for k, v in extra.items() if k not in ("environment", "models", "minilm")})
+        bl.write_report(STEM, render(data), data)
+        return 0
     args.specs = [s.split() for s in args.specs.split(";") if s.strip()]
     if not (args.zoo / "models").is_dir():
         log(f"zoo not found at {args.zoo}: skipped")
         return 0
     js = bl.DOCS / f"{STEM}.json"
-    data: dict[str, Any] = json.loads(js.read_text()) if js.exists() else {}
+    data: dict[str, Any] = json.loads(js.read_text()) if js.exists() and args.out_json is None else {}
     data["environment"] = bl.environment(argv if argv is None else [sys.argv[0], *argv])
-    data.setdefault("models", {})
+    data.setdefault(args.section, {})
     for name in [m for m in args.models.split(",") if m]:
-        data["models"][name] = bench_cnn(name, args)
-        bl.write_report(STEM, render(data), data)
+        data[args.section][name] = bench_cnn(name, args)
+        if args.out_json is not None:
+            args.out_json.write_text(json.dumps(data, indent=1, default=bl._json_default) + "\n")
+        else:
+            bl.write_report(STEM, render(data), data)
+    if args.out_json is not None:
+        return 0
     if not args.no_minilm:
         data["minilm"] = bench_minilm(args)
         bl.write_report(STEM, render(data), data)
