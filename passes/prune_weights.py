@@ -15,9 +15,12 @@ Per layer, one rule (at most one may be given):
   the input channels for ConvTranspose, K for Gemm/MatMul. A layer whose input axis is
   not a multiple of M (depthwise convs, say) is skipped with the reason.
 
-Which layers: 2:4 aside, every Conv, ConvTranspose, Gemm (B) and MatMul whose weight is a
-float initializer, filtered by ``layers=`` / ``exclude=`` glob patterns on node names and
-``min-params=``. Biases are never pruned. A weight shared by nodes the pass does not
+Which layers: every Conv, ConvTranspose, Gemm (B) and MatMul whose weight is a float
+initializer, filtered by ``layers=`` / ``exclude=`` glob patterns on node names and
+``min-params=``. Depthwise convs are left alone unless ``depthwise=true``: each of their
+outputs reads only kh·kw weights, so removing a fifth of them removes a fifth of a
+channel's receptive field (on MobileNetV2, 20 % per layer with depthwise included costs
+tens of points without retraining). Biases are never pruned. A weight shared by nodes the pass does not
 select is copied first, so only the selected nodes see the zeros.
 
 **Stored dense.** The zeros are written as ordinary float32 values: the file is as big as
@@ -148,6 +151,13 @@ def select_weights(graph: gs.Graph, layers: tuple[str, ...], exclude: tuple[str,
     return out, skipped
 
 
+def is_depthwise(g: WeightTensor) -> bool:
+    node, _ = g.readers[0]
+    w = g.values
+    group = int(node.attrs.get("group", 1))
+    return node.op == "Conv" and group > 1 and w.ndim >= 3 and w.shape[1] == 1 and group == w.shape[0]
+
+
 def layer_patterns(value: Any) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
@@ -204,7 +214,7 @@ def parse_pattern(text: str) -> tuple[int, int]:
 @dataclass(frozen=True)
 class Options:
     """``threshold`` (q), ``sparsity`` (s) or ``pattern`` (N:M), at most one; ``layers``,
-    ``exclude`` (glob patterns on node names), ``min-params``."""
+    ``exclude`` (glob patterns on node names), ``min-params``, ``depthwise``."""
 
     threshold: float | None = None
     sparsity: float | None = None
@@ -212,6 +222,7 @@ class Options:
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     min_params: int = 0
+    depthwise: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", layer_patterns(self.layers))
@@ -245,6 +256,10 @@ class PruneWeights(Pass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         opts: Options = self.options
         groups, skipped = select_weights(model.graph, opts.layers, opts.exclude, opts.min_params)
+        if not opts.depthwise:
+            skipped += [{"name": name, "reason": "depthwise conv (depthwise=true prunes it)"}
+                        for g in groups if is_depthwise(g) for name in g.names]
+            groups = [g for g in groups if not is_depthwise(g)]
         rule = opts.rule()
         lines: list[dict[str, Any]] = []
         total = zeros_before = zeros_after = 0

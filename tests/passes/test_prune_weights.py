@@ -177,3 +177,18 @@ def test_library_twin() -> None:
 
     out = prune_weights(mixed_model(), sparsity=0.5)
     assert int((weights(out)["W0"] == 0).sum()) == round(0.5 * 12 * 8 * 9)
+
+
+def test_depthwise_convs_are_left_alone_unless_asked() -> None:
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["X", "W0"], ["a"], name="pw"),
+             helper.make_node("Conv", ["a", "W1"], ["Y"], name="dw", group=8, pads=[1, 1, 1, 1])]
+    inits = {"W0": rng.standard_normal((8, 8, 1, 1)).astype(np.float32),
+             "W1": rng.standard_normal((8, 1, 3, 3)).astype(np.float32)}
+    model = normalize(make_model(nodes, [vinfo("X", ["N", 8, 6, 6])], [vinfo("Y", None)], inits))
+    out, rec = prune(model, "prune-weights:sparsity=0.5")
+    assert [line["name"] for line in rec["stats"]["layers"]] == ["pw"]
+    assert "depthwise" in rec["stats"]["skipped"][0]["reason"]
+    np.testing.assert_array_equal(weights(out)["W1"], inits["W1"])
+    _, rec = prune(model, "prune-weights:sparsity=0.5,depthwise=true")
+    assert [line["name"] for line in rec["stats"]["layers"]] == ["pw", "dw"]
