@@ -97,3 +97,38 @@ def test_errors(files, tmp_path):
     bad.write_text("{not json", encoding="utf-8")
     with pytest.raises(DataError, match="cannot read"):
         load_dataset(encoder(), text, tokenizer=bad)
+
+
+def test_text_calibrates_whitened_lowrank_end_to_end(files, tmp_path):
+    """sentences.txt ─prepare_data(tokenizer)─▶ calibration ─lowrank:whiten=true─▶ a model whose
+    embedding-space outputs on those tokens are closer to the original's than plain SVD's."""
+    from onnxprune.api import run_passes
+
+    text, tok = files
+    many = tmp_path / "many.txt"
+    rng = np.random.default_rng(0)
+    words = [w for w in VOCAB if not w.startswith("[")]
+    many.write_text("\n".join(" ".join(rng.choice(words, rng.integers(2, 8))) for _ in range(40)) + "\n",
+                    encoding="utf-8")
+    # input_ids ─Gather(E[10, 16])─▶ ─MatMul(W[16, 12])─▶ Y; E has correlated, unevenly scaled columns.
+    emb = (rng.standard_normal((10, 16)) @ (rng.standard_normal((16, 16)) * np.geomspace(5, 0.05, 16)[:, None]))
+    nodes = [helper.make_node("Gather", ["E", "input_ids"], ["h"], name="embed"),
+             helper.make_node("MatMul", ["h", "W"], ["Y"], name="proj")]
+    model = normalize(make_model(nodes, [vinfo("input_ids", ["batch", "seq"], TensorProto.INT64),
+                                         vinfo("attention_mask", ["batch", "seq"], TensorProto.INT64)],
+                                 [vinfo("Y", ["batch", "seq", 12])],
+                                 {"E": emb.astype(np.float32), "W": rng.standard_normal((16, 12)).astype(np.float32)}))
+    plan = prepare_data(model, data=many, tokenizer=tok, input_shapes=["input_ids:1x8"], calib_limit=20)
+    spec = "lowrank:rank=3,check-latency=false,only-cheaper=false"
+    white, recs = run_passes(model, [spec + ",whiten=true"], ctx=plan.ctx)
+    plain, _ = run_passes(model, [spec])
+    line = recs[0].stats["layers"][0]
+    assert line["calibration_rows"] == int(stacked(plan.ctx.calib)["attention_mask"].sum())  # real tokens only
+    feed = stacked(plan.evaluation)
+    mask = feed["attention_mask"].astype(bool)
+    ref = run(model, feed)[0][mask]
+
+    def err(m: onnx.ModelProto) -> float:
+        return float(np.linalg.norm(run(m, feed)[0][mask] - ref) / np.linalg.norm(ref))
+
+    assert err(white) < 0.8 * err(plain)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -70,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=32, help="sentences per batch for the STS-B runs")
     ap.add_argument("--out", type=Path, default=bl.DOCS)
     ap.add_argument("--stem", default="minilm")
+    ap.add_argument("--render-only", type=Path, metavar="JSON", help="re-render the Markdown from an earlier JSON")
     return ap.parse_args(argv)
 
 
@@ -234,7 +236,11 @@ def render(data: dict) -> str:
     m = data.get("minilm")
     if m is None or "skipped" in m:
         return "\n".join(L + ["", f"Skipped: {m['skipped'] if m else 'no data'}"])
-    L += [f"* run time: {m['seconds'] / 60:.1f} min", ""]
+    L += [f"* run time: {m['seconds'] / 60:.1f} min"]
+    if data.get("blas_threads"):
+        L += [f"* OPENBLAS_NUM_THREADS={data['blas_threads']} (the machine's 2 cores were shared with other jobs; "
+              "BLAS threads would oversubscribe them)"]
+    L += [""]
     sp = m["split"]
     ref = m["reference"]["spearman"]
     L += ["No fine-tuning. **Data kept apart**: the zoo's 690 STS-B half-a pairs are split by pair with seed "
@@ -293,6 +299,13 @@ def render(data: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.WARNING)
     args = parse_args(argv)
+    if args.render_only:
+        import json
+
+        data = json.loads(args.render_only.read_text(encoding="utf-8"))
+        paths = bl.write_report(args.stem, render(data), data, args.out)
+        print(f"wrote {paths[0]} and {paths[1]}", flush=True)
+        return 0
     t0 = time.perf_counter()
     env = bl.environment()
     path = args.zoo / MODEL
@@ -321,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {"baseline": b.cost, "reference": b.ref_quality, "baseline_ms": b.baseline_ms, "split": b.split,
                   "rows": b.rows, "seconds": round(time.perf_counter() - t0, 1)}
     data = {"env": env, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "minilm": result, "seconds": round(time.perf_counter() - t0, 1)}
+            "minilm": result, "seconds": round(time.perf_counter() - t0, 1),
+            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
     md = render(data)
     print(md)
     paths = bl.write_report(args.stem, md, data, args.out)
