@@ -30,7 +30,10 @@ second moment ``C = E[x xᵀ]`` of every candidate is streamed over the calibrat
 which minimises the output error ``E ||x (W - U'V')||²`` rather than the weight error;
 ``energy=`` then counts *output* energy (the squared singular values of ``Lᵀ W``). Exact at
 full rank. Stats per layer: ``output_energy`` kept and ``output_error`` (relative, on the
-calibration rows).
+calibration rows). Output energy is much more concentrated than weight energy (in MiniLM
+a few outlier features carry most of ``E ||x W||²``): ``whiten=true,energy=0.9`` cuts far
+deeper than plain ``energy=0.9``; useful whitened thresholds are 0.99 and up, or give
+``fraction=`` (see docs/benchmarks/minilm.md).
 
 Ranks from ``energy`` and ``fraction`` are rounded up to a multiple of ``round-to``
 (default: the target's vector width; ``round-to=1`` keeps them as computed): such widths
