@@ -240,6 +240,12 @@ class _Search:
                                          "signatures_timed_now": timed,
                                          "signatures": len(table["signatures"])}
             kn = knobs(table, self.objective, self.times)
+            # A measured drop at or below zero is noise at this sample count, not a free lunch:
+            # floor every loss at half a sample's worth per unit of level, so that many "free"
+            # choices add up to something and the back-off's loss scaling can bite on them.
+            floor = (50.0 / max(int(table["samples"]), 1) if self.scale == 100.0 else 1e-4)
+            kn = [Knob(k.key, tuple(Choice(c.level, max(c.loss, floor * _amount(k.key, c.level)), c.gain)
+                                    for c in k.choices)) for k in kn]
             if self.objective == "latency":
                 kn = [Knob(k.key, tuple(Choice(c.level, c.loss, c.gain * self.layer_scale) for c in k.choices)) for k in kn]
         else:
@@ -361,6 +367,11 @@ class _Search:
             err.best_model = proto if modified else None  # type: ignore[attr-defined]
             raise err
         return PassResult(modified, stats)
+
+
+def _amount(key: str, level: float) -> float:
+    """How much a level removes: the ratio pruned, or the rank share dropped."""
+    return level if key.startswith("prune:") else 1.0 - level
 
 
 def _pareto(points: list[tuple[float, float]], neg: bool = False) -> list[tuple[float, float]]:
