@@ -156,3 +156,23 @@ def test_random_graphs_stay_valid(seed, ratio, criterion, scope, round_to):
                              "latency-guard=false")
     feeds = random_feeds(model, batch=2)
     assert run(out, feeds)[0].shape == run(model, feeds)[0].shape
+
+
+def test_group_ratios_override_one_group():
+    out, rec = _prune(_chain(), "prune-channels:ratio=0.0,round-to=1,latency-guard=false,group-ratios=c1=0.5|nope=0.3")
+    assert rec.modified and _weight(out, "c1").shape[0] == 8 and _weight(out, "c2").shape[0] == 32
+    assert rec.stats["group_ratios_unmatched"] == ["nope"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("prune-channels:group-ratios=c1", "group-ratios entries are SOURCE=RATIO"),
+    ("prune-channels:group-ratios=c1=1.5", "group-ratios entries are SOURCE=RATIO"),
+    ("prune-channels:reconstruct=magic", "reconstruct must be one of auto, ls, lasso, none"),
+    ("prune-channels:ridge=-1", "ridge=-1.0 is out of range"),
+    ("prune-channels:calib-rows=3", "calib-rows=3 is out of range"),
+    ("prune-channels:scope=everywhere", "scope must be one of local, global, error"),
+])
+def test_bad_recovery_options(spec, message):
+    with pytest.raises(UsageError) as info:
+        REGISTRY.create(spec)
+    assert message in str(info.value) and "\n" not in str(info.value)
