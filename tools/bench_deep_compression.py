@@ -146,11 +146,48 @@ def bench_model(name: str, images: bl.ImageSet, configs: list[tuple[str, list[st
     return result
 
 
+def latency_check(name: str, images: bl.ImageSet, repeats: int, runs: int) -> dict[str, Any]:
+    """Is the decoder really free at run time? share-weights (data-free, fast to build) vs the
+    original: many interleaved repeats, session-creation times, and the ops left in
+    onnxruntime's optimised graph (the decoder must have been folded away)."""
+    import onnx
+
+    from onnxprune.api import run_passes
+    from onnxprune.data import parse_recipe
+    from onnxprune.model import load_model
+    from onnxprune.runtime import make_session, session_options
+
+    recipe_name, _ = MODELS[name]
+    original = load_model(bl.ZOO / "models" / f"{name}.onnx")
+    out, _ = run_passes(original, ["share-weights:rounding=nearest"])
+    feed = {original.graph.input[0].name: next(images.batches(parse_recipe(recipe_name), 1))}
+    loads: dict[str, list[float]] = {"original": [], "shared": []}
+    for _ in range(3):
+        for key, m in (("original", original), ("shared", out)):
+            t0 = time.perf_counter()
+            make_session(m)
+            loads[key].append(time.perf_counter() - t0)
+    lat = latency(make_session(original), make_session(out), feed, repeats, runs)
+    with tempfile.TemporaryDirectory() as tmp:
+        import onnxruntime as ort
+
+        so = session_options(1)
+        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        ort.InferenceSession(out.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        ops = sorted({n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node})
+    res = {"model": name, "latency": lat, "session_s": {k: float(np.median(v)) for k, v in loads.items()},
+           "optimized_ops": ops, "decoder_left": sorted(set(ops) & {"Cast", "Gather", "Mod", "Div", "Slice"})}
+    print(f"  {name}: latency x{lat['ratio']:.3f} [{lat['min']:.3f}..{lat['max']:.3f}], session "
+          f"{res['session_s']['shared']:.2f}s vs {res['session_s']['original']:.2f}s, decoder ops left after "
+          f"onnxruntime's optimisation: {res['decoder_left'] or 'none'}", flush=True)
+    return res
+
+
 def size_ratio(row: dict[str, Any]) -> str:
     return f"{row['size_ratio']:.2f}x"
 
 
-def markdown(env: dict[str, Any], results: list[dict[str, Any]]) -> str:
+def markdown(env: dict[str, Any], results: list[dict[str, Any]], check: dict[str, Any] | None = None) -> str:
     out = ["# Deep Compression: prune-weights and share-weights on the zoo CNNs", ""]
     out += bl.env_lines(env)
     out += [
@@ -185,6 +222,19 @@ def markdown(env: dict[str, Any], results: list[dict[str, Any]]) -> str:
         out.append(bl.md_table(["setting", "passes", "MB", "size ratio", "Huffman", "bits/weight",
                                 "top-1 % (points)", "latency ratio", "session s (vs orig)", "compress s"], table))
         out.append("")
+    if check:
+        out += ["## Runtime cost of the weight decoder", "",
+                f"Command: `{check['environment']['command']}`. share-weights (4 bits, data-free) against the "
+                "original, batch 1, 1 thread; latency ratio median of the repeats [min..max]; session = time to "
+                "build the onnxruntime session (median of 3); last column: decoder ops left in onnxruntime's "
+                "optimised graph (none = folded at session creation).", ""]
+        out.append(bl.md_table(["model", "latency ratio", "repeats x runs", "session s (shared / original)",
+                                "decoder ops left"],
+                               [[c["model"], f"{c['latency']['ratio']:.3f} [{c['latency']['min']:.3f}.."
+                                 f"{c['latency']['max']:.3f}]", f"{c['latency']['repeats']} x {c['latency']['runs']}",
+                                 f"{c['session_s']['shared']:.2f} / {c['session_s']['original']:.2f}",
+                                 ", ".join(c["decoder_left"]) or "none"] for c in check["checks"]]))
+        out.append("")
     out += ["## Against the paper (Han et al. 2016, with retraining)", ""]
     out.append(bl.md_table(["network", "claimed", "how"], PAPER))
     out.append("")
@@ -199,11 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--render", action="store_true",
                     help="only merge the per-model results already in build/bench-cache into the report")
+    ap.add_argument("--latency-check", action="store_true",
+                    help="only the runtime-cost check of the decoder (many repeats), kept for the report")
     ap.add_argument("--out", default="deep_compression")
     args = ap.parse_args(argv)
     env = bl.environment()
     partial = {m: bl.CACHE / f"deep_compression-{m}.json" for m in args.models}
-    if not args.render:
+    check_path = bl.CACHE / "deep_compression-latency.json"
+    if args.latency_check:
+        images = bl.image_set(bl.ZOO / "data" / "imagenet-sample")
+        checks = [latency_check(m, images, args.repeats, args.runs) for m in args.models]
+        check_path.write_text(json.dumps({"environment": env, "checks": checks}, default=bl._json_default, indent=1))
+    if not args.render and not args.latency_check:
         bl.CACHE.mkdir(parents=True, exist_ok=True)
         images = bl.image_set(bl.ZOO / "data" / "imagenet-sample")
         configs = [c for c in CONFIGS if not args.configs or c[0] in args.configs]
@@ -211,9 +268,12 @@ def main(argv: list[str] | None = None) -> int:
             res = bench_model(m, images, configs, args.repeats, args.runs, partial[m])
             res["environment"] = env
             partial[m].write_text(json.dumps(res, default=bl._json_default, indent=1))
-    results = [json.loads(partial[m].read_text()) for m in args.models if partial[m].exists()]
+    results = [json.loads(partial[m].read_text()) for m in MODELS if partial[m].exists()] if args.render else \
+        [json.loads(partial[m].read_text()) for m in args.models if partial[m].exists()]
     env = results[0].get("environment", env) if results else env
-    md, js = bl.write_report(args.out, markdown(env, results), {"environment": env, "results": results})
+    check = json.loads(check_path.read_text()) if check_path.exists() else None
+    md, js = bl.write_report(args.out, markdown(env, results, check),
+                             {"environment": env, "results": results, "latency_check": check})
     print(f"wrote {md} and {js}")
     return 0
 
