@@ -591,6 +591,38 @@ def _keep_outer_weights_outside(main: onnx.GraphProto, g: onnx.GraphProto, own: 
                 _keep_outer_weights_outside(main, sub, own)
 
 
+def _export(graph: gs.Graph, meta: onnx.ModelProto) -> onnx.ModelProto:
+    """``gs.export_onnx`` written straight into the result, with ``meta``'s metadata.
+
+    onnx-graphsurgeon builds a GraphProto (one copy of every weight) and ``make_model``
+    copies it into the model (a second, whole copy at once); here each tensor is copied
+    once, into its place. Intermediate value_info is not exported: shapes may be stale
+    after an edit, and shape inference recomputes them.
+    """
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+    from onnx_graphsurgeon.ir.tensor import SparseValues
+
+    result = onnx.ModelProto()
+    copy_fields(meta, result)
+    g = result.graph
+    g.node.extend(OnnxExporter.export_node(n) for n in graph.nodes)
+    g.input.extend(OnnxExporter.export_value_info_proto(t, False) for t in graph.inputs)
+    g.output.extend(OnnxExporter.export_value_info_proto(t, False) for t in graph.outputs)
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant):
+            if isinstance(t._values, SparseValues):
+                g.sparse_initializer.append(OnnxExporter.export_sparse_tensor_proto(t))
+            else:
+                g.initializer.append(OnnxExporter.export_tensor_proto(t))
+    if graph.name:
+        g.name = graph.name
+    if graph.doc_string:
+        g.doc_string = graph.doc_string
+    if not meta.functions and graph.functions:
+        result.functions.extend(OnnxExporter.export_function(f) for f in graph.functions)
+    return result
+
+
 #: Whole-graph exports (copies of the weights) this process has made; a run reports it
 #: beside runtime.SESSIONS_BUILT and runtime.SERIALISATIONS.
 EXPORTS = [0]
@@ -707,17 +739,10 @@ class Model:
         if self._export is not None and self._export[0] == key:
             return self._export[1]
         self.graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        # export_onnx copies every weight once into its result; that result is returned
-        # as it is (metadata set on it) rather than copied again into a fresh proto.
-        result = gs.export_onnx(self.graph, do_type_check=False)
+        result = _export(self.graph, self._meta)
         self.exports += 1
         EXPORTS[0] += 1
         graph = result.graph
-        copy_fields(self._meta, result, replace=True)
-        for name in ("doc_string", "producer_name", "producer_version", "domain", "model_version"):
-            if not self._meta.HasField(name):
-                result.ClearField(name)
-        del graph.value_info[:]
         for field in (graph.input, graph.output):
             for i, v in enumerate(field):
                 if v.name in self._io:
@@ -749,11 +774,10 @@ class Model:
                         swapped.append((t, t._values))
                         t._values = LazyValues(_stub_tensor(t))
             self.graph.cleanup(remove_unused_graph_inputs=False).toposort()
-            out = gs.export_onnx(self.graph, do_type_check=False)
+            out = _export(self.graph, self._meta)
         finally:
             for t, values in swapped:
                 t._values = values
-        copy_fields(self._meta, out, replace=True)
         for field in (out.graph.input, out.graph.output):
             for i, v in enumerate(field):
                 if v.name in self._io:
