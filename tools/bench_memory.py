@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "memory"))
     ap.add_argument("--sizes", default="1.2,2.4")
     ap.add_argument("--before", help="an older source tree to measure too (its rows say 'before')")
-    ap.add_argument("--before-sizes", default="1.2", help="sizes to run the older tree on")
+    ap.add_argument("--before-sizes", default="1.2", help="sizes to run the older tree on ('' for none)")
     args = ap.parse_args()
     trees = {"now": ROOT}
     scenarios = {"load only": [],
@@ -165,8 +165,9 @@ def main() -> None:
         mem = measure_memory(trees, [float(s) for s in args.sizes.split(",")], scenarios, work)
         if args.before:
             before = {"before": Path(args.before)}
-            mem += measure_memory(before, [float(s) for s in args.before_sizes.split(",")],
-                                  {"prune-channels": scenarios["prune-channels"]}, work)
+            if args.before_sizes:
+                mem += measure_memory(before, [float(s) for s in args.before_sizes.split(",")],
+                                      {"prune-channels": scenarios["prune-channels"]}, work)
             counts = measure_counts({**before, **trees}, work)
         else:
             counts = measure_counts(trees, work)
