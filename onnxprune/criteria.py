@@ -180,5 +180,4 @@ class BNScale(_WeightCriterion):
     name, kind = "bn-scale", Criterion.BN_SCALE
 
 
-from onnxprune import criteria_data  # noqa: E402,F401
-from onnxprune import criteria_greedy  # noqa: E402,F401
+from onnxprune import criteria_data, criteria_greedy  # noqa: E402,F401

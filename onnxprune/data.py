@@ -22,8 +22,8 @@ a time (so a fixed batch of 1 wins over ``batch_size``); a symbolic one takes
 from __future__ import annotations
 
 import gzip
-import os
 import math
+import os
 import re
 import struct
 import sys
