@@ -82,10 +82,13 @@ def fit_kind(node: gs.Node) -> FitKind:
     return FitKind.NONE
 
 
-def consumers(graph: gs.Graph, tensors: set[str]) -> list[gs.Node]:
-    """Nodes reading a pruned tensor as their data input, in topological order."""
+def consumers(graph: gs.Graph, tensors: set[str], only: set[str] | None = None) -> list[gs.Node]:
+    """Nodes reading a pruned tensor as their data input, in topological order; ``only``: the
+    nodes the channel analysis knows as consumers of those channels (a MatMul that carries
+    them on a leading axis is not one)."""
     graph.toposort()
-    return [n for n in graph.nodes if n.inputs and n.inputs[0].name in tensors and fit_kind(n) is not FitKind.NONE]
+    return [n for n in graph.nodes if n.inputs and n.inputs[0].name in tensors and fit_kind(n) is not FitKind.NONE
+            and (only is None or n.name in only)]
 
 
 # ---------------------------------------------------------------------------- weights as Θ = [W; b]
@@ -313,14 +316,15 @@ def _waves(graph: gs.Graph, nodes: list[gs.Node]) -> list[list[gs.Node]]:
 
 
 def reconstruct(model: Any, original: onnx.ModelProto, pruned: Mapping[str, np.ndarray], data: Dataset,
-                opts: Options) -> dict[str, Any]:
+                opts: Options, *, only: set[str] | None = None, axes: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Refit (or bias-correct) every consumer of a tensor in ``pruned`` (name -> removed channel
     indices) in ``model`` (a :class:`~onnxprune.model.Model`, edited in place) so that its outputs
     match ``original``'s on ``data``. Returns the report: per layer error before and after, rows,
-    samples, seconds, peak activation bytes."""
+    samples, seconds, peak activation bytes. ``only``: see :func:`consumers`; ``axes``: the channel
+    axis of each pruned tensor (default: 1, or the last for a MatMul output)."""
     t0 = time.perf_counter()
     graph: gs.Graph = model.graph
-    nodes = consumers(graph, set(pruned))
+    nodes = consumers(graph, set(pruned), only)
     batches = _batches(data, opts.samples)
     report: dict[str, Any] = {"method": opts.method, "ridge": opts.ridge, "layers": [], "waves": 0,
                               "samples": sum(len(next(a for a in b.values() if np.ndim(a))) for b in batches)}
@@ -343,7 +347,8 @@ def reconstruct(model: Any, original: onnx.ModelProto, pruned: Mapping[str, np.n
         for n in nodes:
             y = got[outs[n.name]]
             if outs[n.name] in pruned:  # the consumer lost output channels too: match the kept ones
-                y = np.delete(y, pruned[outs[n.name]], axis=1 if n.op != "MatMul" else y.ndim - 1)
+                axis = (axes or {}).get(outs[n.name], 1 if n.op != "MatMul" else y.ndim - 1)
+                y = np.delete(y, pruned[outs[n.name]], axis=axis)
             if kinds[n.name] is FitKind.BIAS:
                 means.setdefault(n.name, ChannelMoments(axis=1 if n.op != "MatMul" else -1)).update(y)
             else:

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 
 from onnxprune import reconstruct as rc
-from onnxprune.channels import Analysis, analyze, apply_removal
+from onnxprune.channels import Analysis, Role, analyze, apply_removal
 from onnxprune.context import PassContext
 from onnxprune.criteria import CRITERIA, get_criterion
 from onnxprune.errors import UsageError
@@ -162,6 +162,13 @@ def choose_atoms(analysis: Analysis, scores: np.ndarray, opts: Options, round_to
     return chosen
 
 
+def refit_targets(analysis: Analysis, pruned: dict[str, np.ndarray]) -> tuple[set[str], dict[str, int]]:
+    """The nodes that consume pruned channels (analysis CONSUMER members), and each pruned tensor's channel axis."""
+    spaces = analysis.ctx.spaces
+    only = {m.node for m in analysis.ctx.members if m.role is Role.CONSUMER and spaces[m.space].tensor in pruned}
+    return only, {name: analysis.ctx.by_tensor[name].axis for name in pruned}
+
+
 def removed_indices(analysis: Analysis, atoms: list[int]) -> dict[str, np.ndarray]:
     """Tensor name -> channel indices that ``atoms`` remove from it."""
     per: dict[int, list[np.ndarray]] = {}
@@ -190,7 +197,8 @@ class _Grams:
             data = self.ctx.require_data("prune-channels", "scope=error / reconstruct=lasso")
             tensors = {analysis.ctx.spaces[s].tensor for g in analysis.groups if analysis.prunable_atoms(g)
                        for s in g.spaces}
-            nodes = rc.consumers(model.graph, tensors)
+            only = {m.node for m in analysis.ctx.members if m.role is Role.CONSUMER}
+            nodes = rc.consumers(model.graph, tensors, only)
             self.grams = rc.input_grams(self.snapshot, nodes, data, rows=_rows(self.opts, data),
                                         samples=self.opts.calib_samples, threads=self.ctx.target.threads,
                                         seed=self.ctx.seed)
@@ -204,10 +212,13 @@ def _rows(opts: Options, data: Any) -> int:
 
 
 def _group_consumers(analysis: Analysis, model: Model, grams: dict[str, Any], g: Any) -> list[tuple[Any, int]]:
-    """(node, space id) of each consumer with a Gram that reads one of the group's tensors."""
+    """(node, space id) of each consumer with a Gram that reads one of the group's tensors on its channel axis."""
+    mine = set(g.spaces)
+    member = {(m.node, m.space) for m in analysis.ctx.members if m.role is Role.CONSUMER and m.space in mine}
     by_tensor = {analysis.ctx.spaces[s].tensor: s for s in g.spaces}
     return [(n, by_tensor[n.inputs[0].name]) for n in model.graph.nodes
-            if n.inputs and n.inputs[0].name in by_tensor and n.name in grams]
+            if n.inputs and n.inputs[0].name in by_tensor and n.name in grams
+            and (n.name, by_tensor[n.inputs[0].name]) in member]
 
 
 def atom_flops(analysis: Analysis, snapshot: onnx.ModelProto, ctx: PassContext) -> tuple[np.ndarray, float]:
@@ -406,9 +417,11 @@ class PruneChannels(Pass):
             stats["gram_seconds"] = round(grams.seconds, 3)
         if method != "none":
             data = ctx.require_data(self.name, f"reconstruct={method}")
+            only, axes = refit_targets(analysis, pruned)
             stats["reconstruction"] = rc.reconstruct(
                 model, snapshot, pruned, data,
-                rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples, ctx.target.threads, ctx.seed))
+                rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples, ctx.target.threads, ctx.seed),
+                only=only, axes=axes)
             model.refresh_shapes()
         per_group = []
         for g in analysis.groups:

@@ -170,9 +170,10 @@ class Prepared:
         m.refresh_shapes()
         rep: dict[str, Any] = {}
         if method != "none":
+            only, axes = self.pc.refit_targets(an, pruned)
             rep = rc.reconstruct(m, self.b.base, pruned, self.b.calib,
                                  rc.Options("ls", self.opts.ridge, self.pc._rows(self.opts, self.b.calib),
-                                            self.opts.calib_samples, 1, 0))
+                                            self.opts.calib_samples, 1, 0), only=only, axes=axes)
             m.refresh_shapes()
         return m.to_onnx(), rep
 
