@@ -188,6 +188,9 @@ class _Grams:
         self.snapshot, self.ctx, self.opts = snapshot, ctx, opts
         self.grams: dict[str, Any] | None = None
         self.seconds = 0.0
+        # error curves per (analysis, scores, round-to): a ratio search re-allocates without recomputing them
+        self.steps: dict[tuple[int, int, int], tuple[Any, float, int]] = {}
+        self.alive: list[Any] = []
 
     def get(self, model: Model, analysis: Analysis) -> dict[str, Any]:
         if self.grams is None:
@@ -243,13 +246,16 @@ def atom_flops(analysis: Analysis, snapshot: onnx.ModelProto, ctx: PassContext) 
     return out, float(cost.flops)
 
 
-def error_quotas(analysis: Analysis, model: Model, scores: np.ndarray, opts: Options, round_to: int,
-                 grams: dict[str, Any], snapshot: onnx.ModelProto, ctx: PassContext) -> tuple[dict[int, int], dict[str, Any]]:
-    """scope=error: per-group removal counts by greedy smallest Δ(relative error)/ΔFLOPs."""
+Steps = dict[int, tuple[list[int], list[float], list[float]]]
+
+
+def error_steps(analysis: Analysis, model: Model, scores: np.ndarray, opts: Options, round_to: int,
+                grams: dict[str, Any], snapshot: onnx.ModelProto, ctx: PassContext) -> tuple[Steps, float, int]:
+    """Per group: the allowed removal counts k (kept count a multiple of round-to), the relative
+    error of its consumers after an LS refit at each k, and the FLOPs saved; with the model's
+    FLOPs and the number of prunable groups without an estimate (never pruned by scope=error)."""
     fl, total = atom_flops(analysis, snapshot, ctx)
-    target = opts.ratio * total
-    heap: list[tuple[float, int, int]] = []
-    steps: dict[int, tuple[list[int], list[float], list[float]]] = {}
+    steps: Steps = {}
     no_estimate = 0
     for g in analysis.groups:
         prunable = sorted(_prunable(analysis, g, scores), key=lambda a: (scores[a], a))
@@ -272,19 +278,39 @@ def error_quotas(analysis: Analysis, model: Model, scores: np.ndarray, opts: Opt
             err += np.asarray(rc.error_curve(grams[node.name], node, gone_sets))
         e_k = [float(np.interp(k, grid, err)) for k in ks]
         f_cum = np.cumsum(fl[prunable])
-        f_k = [float(f_cum[k - 1]) for k in ks]
-        steps[g.id] = ([0] + ks, [0.0] + e_k, [0.0] + f_k)
-        heapq.heappush(heap, (_slope(steps[g.id], 0), g.id, 0))
-    quota = {g.id: 0 for g in analysis.groups}
+        steps[g.id] = ([0] + ks, [0.0] + e_k, [0.0] + [float(f_cum[k - 1]) for k in ks])
+    return steps, total, no_estimate
+
+
+def allocate(steps: Steps, target: float) -> tuple[dict[int, int], float]:
+    """Greedy: take the group step of smallest Δerror/ΔFLOPs until ``target`` FLOPs are saved."""
+    heap = [(_slope(st, 0), gid, 0) for gid, st in steps.items()]
+    heapq.heapify(heap)
+    quota: dict[int, int] = {}
     removed = 0.0
     while heap and removed < target:
         _, gid, i = heapq.heappop(heap)
-        ks, es, fs = steps[gid]
+        ks, _, fs = steps[gid]
         removed += fs[i + 1] - fs[i]
         quota[gid] = ks[i + 1]
         if i + 2 < len(ks):
             heapq.heappush(heap, (_slope(steps[gid], i + 1), gid, i + 1))
-    est = {gid: round(float(np.interp(quota[gid], steps[gid][0], steps[gid][1])), 6) for gid in steps if quota[gid]}
+    return quota, removed
+
+
+def error_quotas(analysis: Analysis, model: Model, scores: np.ndarray, opts: Options, round_to: int,
+                 grams: _Grams, snapshot: onnx.ModelProto, ctx: PassContext) -> tuple[dict[int, int], dict[str, Any]]:
+    """scope=error: per-group removal counts by greedy smallest Δ(relative error)/ΔFLOPs (the error
+    curves are computed once per analysis, scores and round-to, and kept in ``grams``)."""
+    key = (id(analysis), id(scores), round_to)
+    if key not in grams.steps:
+        grams.steps[key] = error_steps(analysis, model, scores, opts, round_to, grams.get(model, analysis),
+                                       snapshot, ctx)
+        grams.alive.append((analysis, scores))  # the ids in the key stay theirs
+    steps, total, no_estimate = grams.steps[key]
+    target = opts.ratio * total
+    quota, removed = allocate(steps, target)
+    est = {gid: round(float(np.interp(k, steps[gid][0], steps[gid][1])), 6) for gid, k in quota.items()}
     return quota, {"flops_target_estimate": int(target), "flops_removed_estimate": int(removed),
                    "groups_without_error_estimate": no_estimate, "group_error_estimate": est}
 
@@ -327,8 +353,7 @@ def select_atoms(analysis: Analysis, model: Model, scores: np.ndarray, opts: Opt
     """The pass's whole choice: per-group quotas (scope, group-ratios), the lowest-scoring atoms,
     re-ranked within groups by LASSO when ``method`` is lasso. Notes go into ``stats``."""
     if opts.scope == "error":
-        quota, stats["allocation"] = error_quotas(analysis, model, scores, opts, round_to, grams.get(model, analysis),
-                                                  snapshot, ctx)
+        quota, stats["allocation"] = error_quotas(analysis, model, scores, opts, round_to, grams, snapshot, ctx)
     else:
         quota = group_quotas(analysis, scores, opts)
     quota, unknown = apply_group_ratios(analysis, quota, opts)

@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lasso-targets", type=lambda t: [float(x) for x in _list(t)], default=None,
                     help="targets with the lasso rows (default: --targets)")
     ap.add_argument("--merge", type=_list, default=None, help="only render the report from these JSON parts")
+    ap.add_argument("--no-pass-check", action="store_true", help="skip building one row with the pass itself")
     ap.add_argument("--scope", default="error")
     ap.add_argument("--uniform", action="store_true", help="also scope=local rows (the prototype's uniform cut) for --best")
     ap.add_argument("--calib", type=int, default=256)
@@ -260,7 +261,7 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
     # the pass itself, once: same choice and refit as the shared-statistics path above
     best = [i for i, r in enumerate(b.rows) if r.get("criterion") == args.best and r.get("method") == "ls"
             and r.get("scope") == args.scope and r.get("valid")]
-    if best:
+    if best and not args.no_pass_check:
         r = b.rows[best[0]]
         spec = (f"prune-channels:ratio={r['ratio']},criterion={args.best},scope={args.scope},reconstruct=ls,"
                 f"ridge={args.ridge},calib-samples={args.calib_samples},latency-guard=false")
