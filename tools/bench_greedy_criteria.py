@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchlib import ZOO, env_lines, environment, md_table, write_report  # noqa: E402
 
+from onnxprune import criteria_greedy as cg  # noqa: E402
 from onnxprune.api import prepare_data, run_passes  # noqa: E402
 from onnxprune.channels import analyze  # noqa: E402
 from onnxprune.cost import model_cost  # noqa: E402
@@ -60,6 +61,9 @@ def main() -> None:
     ap.add_argument("--reconstruct", default="ls,none")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--out", default="greedy_criteria")
+    ap.add_argument("--options", default="", help="more prune-channels options, e.g. ',scope=error'")
+    ap.add_argument("--car-timing", type=int, default=0,
+                    help="time CAR alone (no pass) with this evaluation budget, for each worker count")
     ap.add_argument("--reuse", help="log of an earlier run: rows with the same settings are taken from it")
     args = ap.parse_args()
     env = environment()
@@ -85,7 +89,9 @@ def main() -> None:
             # the pass (top-1) with 1 worker; CAR also with more (determinism: equal weights);
             # thinet's own time with more workers (it streams in one process).
             plan_runs = [(counts[0], "pass")]
-            if crit == "car":
+            if crit == "car" and args.car_timing:  # CAR's own time only, with a smaller evaluation budget
+                plan_runs = [(w, "criterion") for w in counts]
+            elif crit == "car":
                 plan_runs += [(w, "pass") for w in counts[1:]]
             elif crit.startswith("thinet"):
                 plan_runs += [(w, "criterion") for w in counts[1:]]
@@ -99,15 +105,18 @@ def main() -> None:
                     continue
                 if mode == "criterion":
                     work = Model(proto)
+                    if crit == "car" and args.car_timing:
+                        cg.CAR_MAX_EVALUATIONS = args.car_timing
                     t = time.perf_counter()
                     scores, cst = get_criterion(crit).score(analyze(work), work, plan.ctx.replace(workers=w))
                     row = {"criterion": crit, "reconstruct": rec, "workers": w, "mode": mode,
                            "criterion_seconds": round(time.perf_counter() - t, 1),
+                           "evaluations": (cst.get("car") or {}).get("evaluations"),
                            "scores": hashlib.sha1(np.nan_to_num(scores, nan=-1.0).tobytes()).hexdigest()[:12]}
                     rows.append(row)
                     print(row, flush=True)
                     continue
-                spec = f"prune-channels:ratio={args.ratio},criterion={crit},reconstruct={rec}"
+                spec = f"prune-channels:ratio={args.ratio},criterion={crit},reconstruct={rec}{args.options}"
                 t = time.perf_counter()
                 out, recs = run_passes(proto, [spec], ctx=plan.ctx.replace(workers=w))
                 seconds = time.perf_counter() - t
@@ -129,7 +138,7 @@ def main() -> None:
     for r in rows:
         if "top1" not in r:  # criterion-only timing rows
             table.append([r["criterion"], r["reconstruct"], r["workers"], "", "", "", "", "", r["criterion_seconds"],
-                          "", "(criterion only)", f"scores {r['scores']}"])
+                          r.get("evaluations") or "", "(criterion only)", f"scores {r['scores']}"])
             continue
         table.append([r["criterion"], r.get("reconstruct", ""), r.get("workers", ""), f"{100 * r['top1']:.1f}",
                       f"{100 * (r['top1'] - base):+.1f}" if r["criterion"] != "original" else "",
@@ -137,7 +146,7 @@ def main() -> None:
                       f"{r['size_mb']:.2f}", r.get("criterion_seconds", ""), r.get("evaluations", "") or "",
                       r.get("pass_seconds", ""), r.get("weights", "")])
     md = [f"# Greedy data criteria on {args.model}: thinet and car", "",
-          f"`prune-channels:ratio={args.ratio}` with each criterion; calibration: 256 zoo images, "
+          f"`prune-channels:ratio={args.ratio}{args.options}` with each criterion; calibration: 256 zoo images, "
           f"top-1 on the other {plan.evaluation.n_samples} (seeded split, seed 0, disjoint).", "",
           "Anchor to beat: l1 (the weight criterion) with the same reconstruction. Latency: after/before median "
           "(1 thread, interleaved, 3 repeats: median (min-max)); FLOPs by `onnxprune.cost`.", "",
