@@ -134,7 +134,8 @@ def render(mem: list[dict], counts: list[dict], command: str) -> str:
         ph = {p["phase"]: p["peak_rss"] for p in r.get("phases", [])}
         cells = [_gb(ph[k]) if k in ph else "-" for k in ("load", "passes", "save")]
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
-        result = r.get("error") or ("modified " + "/".join("yes" if m else "no" for m in r.get("modified", [])) or "loaded")
+        result = r.get("error") or ("modified " + "/".join("yes" if m else "no" for m in r["modified"])
+                                    if "modified" in r else "loaded")
         lines.append(f"| {r['model_gb']:.2f} GB | {r['scenario']} | {r['code']} | {' | '.join(cells)} | {ratio} | {result} |")
     lines += ["", "Before these changes (commit bdabb18, same load -> run_passes -> save driver, measured once by hand "
               "on the 1.07 GB model): 4.2 GB after load (3.9x) and 9.3 GB after prune-channels (8.7x); a model over "
