@@ -30,7 +30,6 @@ from onnxprune.context import PassContext
 from onnxprune.criteria import ChannelCriterion, register
 from onnxprune.model import Model
 
-
 #: spatial positions per batch and tensor the moments are taken at (every position of a
 #: 112x112 map in 16 images is 200k rows; a dead or constant channel is exactly so at any subset)
 MAX_POSITIONS = 4096

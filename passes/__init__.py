@@ -9,8 +9,8 @@ from onnxprune.passes.fold_bn import FoldBatchNorm
 from onnxprune.passes.fp16 import Float16
 from onnxprune.passes.lowrank import LowRankFactorize
 from onnxprune.passes.prune_channels import PruneChannels
-from onnxprune.passes.quantize import Quantize
 from onnxprune.passes.prune_weights import PruneWeights
+from onnxprune.passes.quantize import Quantize
 from onnxprune.passes.share_weights import ShareWeights
 from onnxprune.passes.spatial_svd import SpatialSVDDecompose
 from onnxprune.passes.tucker import TuckerDecompose
