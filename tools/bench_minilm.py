@@ -270,9 +270,16 @@ def render(data: dict) -> str:
     sh = [r for r in rows if r["group"] == "shipped"]
     L += ["## As shipped (`check-latency` on: a layer is kept only when its two MatMuls are faster)", "",
           bl.md_table(HEAD, [_cells(r) for r in sh]), ""]
-    L += ["## Against the target", ""]
+    L += ["## Against the target", "",
+          "Target (issue 7): `lowrank:whiten=true` ≥ 20 % fewer FLOPs within 1.0 point of STS-B. Anchor: plain SVD "
+          "as it was (weight energy, per-layer ranks unrounded) reached 3 % fewer FLOPs at −1.4 on all 690 pairs "
+          "(the previous version of this page). At `fraction=0.5` only the 12 FFN MatMuls (384×1536, 1536×384) are "
+          "rewritten: rank 192 on a 384×384 weight is not cheaper, so those stay dense.", ""]
     for name in ("whitened", "plain"):
-        cand = [r for r in rows if ("whiten=true" in r["setting"]) == (name == "whitened")]
+        whitened = {"whiten-frac", "whiten-energy"}
+        cand = [r for r in rows if r["group"] != "baseline" and
+                ((r["group"] in whitened or (r["group"] == "shipped" and "whiten=true" in r["setting"]))
+                 == (name == "whitened"))]
         b = _best(cand, TARGET_DROP)
         if b is None:
             L.append(f"* {name}: no setting within {TARGET_DROP} point of the original.")
