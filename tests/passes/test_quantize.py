@@ -179,7 +179,7 @@ def test_exclude_pattern_keeps_nodes_float():
 
 def test_exclude_auto_measures_and_stays_valid():
     m = small_cnn()
-    out, rec = run_passes(m, ["quantize:calibrate=minmax,max-excluded=2,search-samples=8,max-drop=0"],
+    out, rec = run_passes(m, ["quantize:calibrate=minmax,exclude=auto,max-excluded=2,search-samples=8,max-drop=0"],
                           ctx=calib_ctx(m))
     st = rec[0].stats
     search = st["exclusion_search"]
@@ -191,7 +191,7 @@ def test_exclude_auto_measures_and_stays_valid():
 
 def test_exclude_auto_skips_when_within_max_drop():
     m = small_cnn()
-    _, rec = run_passes(m, ["quantize:calibrate=minmax"], ctx=calib_ctx(m))
+    _, rec = run_passes(m, ["quantize:calibrate=minmax,exclude=auto"], ctx=calib_ctx(m))
     assert rec[0].stats["excluded"] == []
     assert "within max-drop" in rec[0].stats["exclusion_search"]["skipped"]
 
