@@ -197,7 +197,8 @@ def test_zoo_minilm_whitened_keeps_embeddings_closer_than_plain(zoo, tmp_path):
     spec = "lowrank:fraction=0.5,check-latency=false"
     white, recs = run_passes(model, [spec + ",whiten=true"], ctx=ctx)
     plain, _ = run_passes(model, [spec])
-    assert recs[0].stats["rewritten"] == 36 and recs[0].stats["calibration"]["samples"] == 48
+    # rank 192 of a 384x384 weight is not cheaper: the 12 FFN MatMuls are the ones rewritten.
+    assert recs[0].stats["rewritten"] == 12 and recs[0].stats["calibration"]["samples"] == 48
     arrays = tokenize(load_tokenizer(tok_path), held_out, 64)
     feeds = {"input_ids": arrays["ids"], "attention_mask": arrays["mask"], "token_type_ids": arrays["type"]}
 
