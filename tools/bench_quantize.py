@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.merge:
             extra = json.loads(args.merge.read_text())
             data.setdefault("runs", []).append(extra.get("environment"))
-            data.update({k: v for k, v in extra.items() if k not in ("environment", "models", "minilm")})
+            data.update({k: v for k, v in extra.items() if k not in ("environment", "models")})
         bl.write_report(STEM, render(data), data)
         return 0
     args.specs = [s.split() for s in args.specs.split(";") if s.strip()]
@@ -335,11 +335,12 @@ def main(argv: list[str] | None = None) -> int:
             args.out_json.write_text(json.dumps(data, indent=1, default=bl._json_default) + "\n")
         else:
             bl.write_report(STEM, render(data), data)
-    if args.out_json is not None:
-        return 0
     if not args.no_minilm:
         data["minilm"] = bench_minilm(args)
-        bl.write_report(STEM, render(data), data)
+        if args.out_json is not None:
+            args.out_json.write_text(json.dumps(data, indent=1, default=bl._json_default) + "\n")
+        else:
+            bl.write_report(STEM, render(data), data)
     log(f"wrote {bl.DOCS / STEM}.md")
     return 0
 
