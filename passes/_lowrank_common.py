@@ -59,7 +59,16 @@ class Skip(Exception):
 
 @dataclass(frozen=True)
 class LayerOptions:
-    """Options shared by every factorisation pass (see the module docstring)."""
+    """Options shared by every factorisation pass (see the module docstring).
+
+    layers: only nodes whose name matches one of these glob patterns ('|'-separated)
+    exclude: skip nodes whose name matches one of these glob patterns
+    min-params: skip weights with fewer elements than this
+    only-cheaper: rewrite a layer only when its FLOPs and params both drop
+    check-latency: rewrite a layer only when the factored chain is faster in onnxruntime (timed once per shape)
+    latency-cache: JSON file of per-shape timings (default: the context's cache dir, else this run only)
+    latency-threads: onnxruntime threads for the per-layer timing (default: the target's)
+    """
 
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -84,7 +93,10 @@ class LayerOptions:
 
 @dataclass(frozen=True)
 class ConvOptions(LayerOptions):
-    """Plus ``include-1x1``: 1x1 convs are left alone unless asked."""
+    """Plus ``include-1x1``: 1x1 convs are left alone unless asked.
+
+    include-1x1: also decompose 1x1 convolutions
+    """
 
     include_1x1: bool = False
 

@@ -65,7 +65,13 @@ from onnxprune.model import Model
 @dataclass(frozen=True)
 class Options(ConvOptions):
     """``rank`` or ``fraction`` (of min(Cin, Cout); default 0.5), ``max-error``, ``n-iter``
-    (ALS sweeps), plus the shared layer options."""
+    (ALS sweeps), plus the shared layer options.
+
+    rank: CP rank R of every layer
+    fraction: R = ceil(fraction * min(Cin, Cout)); default 0.5
+    max-error: skip a layer whose relative weight error exceeds this (checked by an SVD bound before ALS)
+    n-iter: ALS sweeps at most
+    """
 
     rank: int | None = None
     fraction: float | None = None

@@ -53,7 +53,12 @@ from onnxprune.model import Model
 @dataclass(frozen=True)
 class Options(LayerOptions):
     """``rank`` of the low-rank part (default 0: diagonal only), ``max-error``, ``n-iter``
-    (alternating sweeps), plus the shared layer options."""
+    (alternating sweeps), plus the shared layer options.
+
+    rank: rank of the low-rank part added to the diagonal (0: diagonal only)
+    max-error: skip a layer whose relative weight error exceeds this
+    n-iter: alternating sweeps at most (diagonal + low rank)
+    """
 
     rank: int = 0
     max_error: float = 1.0

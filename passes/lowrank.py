@@ -89,7 +89,15 @@ from onnxprune.model import Model
 class Options(LayerOptions):
     """One of ``rank``, ``fraction``, ``energy`` (default energy=0.9); ``whiten`` (SVD in the
     input-whitened space, needs data) with its ``ridge``; ``round-to`` (ranks rounded up to a
-    multiple of it; default the target's vector width); plus the shared layer options."""
+    multiple of it; default the target's vector width); plus the shared layer options.
+
+    rank: a fixed rank for every layer (used as given, not rounded)
+    fraction: rank = ceil(fraction * min(K, N)), rounded up to round-to
+    energy: smallest rank keeping this share of the squared singular values (of L^T W with whiten); default 0.9
+    whiten: truncate in the input-whitened space so the cut minimises output error (needs calibration data)
+    ridge: with whiten, lambda = ridge * mean(diag C) added to the input covariance before Cholesky
+    round-to: round energy/fraction ranks up to a multiple of this (default: the target's vector width)
+    """
 
     rank: int | None = None
     fraction: float | None = None

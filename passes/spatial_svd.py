@@ -54,7 +54,12 @@ from onnxprune.model import Model
 
 @dataclass(frozen=True)
 class Options(ConvOptions):
-    """One of ``rank``, ``fraction``, ``energy`` (default energy=0.9), plus the shared layer options."""
+    """One of ``rank``, ``fraction``, ``energy`` (default energy=0.9), plus the shared layer options.
+
+    rank: a fixed rank R of the kh x 1 -> 1 x kw pair
+    fraction: R = ceil(fraction * min(Cin kh, Cout kw))
+    energy: smallest R keeping this share of the squared singular values; default 0.9
+    """
 
     rank: int | None = None
     fraction: float | None = None

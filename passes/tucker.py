@@ -51,7 +51,13 @@ from onnxprune.model import Model
 @dataclass(frozen=True)
 class Options(ConvOptions):
     """``rank`` (vbmf|energy|fraction; default vbmf, or the rule whose value is given),
-    ``energy``, ``fraction``, ``method`` (hosvd|hooi), plus the shared layer options."""
+    ``energy``, ``fraction``, ``method`` (hosvd|hooi), plus the shared layer options.
+
+    rank: the rank rule, vbmf, energy or fraction (default vbmf, or the rule whose value is given)
+    energy: share of the squared singular values of each unfolding to keep
+    fraction: ranks = ceil(fraction * Cin) and ceil(fraction * Cout)
+    method: hosvd (one pass of truncated SVDs) or hooi (iterated from it)
+    """
 
     rank: RankRule | None = None
     energy: float | None = None
