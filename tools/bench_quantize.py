@@ -242,7 +242,8 @@ def render(data: dict[str, Any]) -> str:
             "images, seed 0). Latency: float / variant, 1 thread, every variant of a model timed interleaved, "
             "median of the repeats [min-max]. Size: the serialised model. The issue's anchor was measured on an "
             "AVX2 machine; the anchor row here is the same recipe measured on this machine, side by side.", ""]
-    sections = [("models", "")] + [(k, f" ({k})") for k in data if k.startswith("followup")]
+    sections = [("models", "")] + [(k, f" ({k})") for k, v in data.items() if k.startswith("followup")
+                                   and isinstance(v, dict) and v]
     for section, suffix in sections:
         if section != "models":
             out += [f"# Follow-up run: {section}", ""] + data.get(section + "_notes", [""]) + [""]
