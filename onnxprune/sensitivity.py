@@ -24,12 +24,13 @@ constant shapes. Each distinct signature is timed once as a one-node model in
 onnxruntime (interleaved with the others, 1 thread; kept in the per-shape latency cache
 of :mod:`onnxprune.latency`). A model's latency is predicted as
 
-    t(model) = T(original) − Σ t(original's signatures) + Σ t(model's signatures)
+    t(model) = T(original) · Σ t(model's signatures) / Σ t(original's signatures)
 
-with T(original) the measured whole model (what the per-node times leave out: the
-elementwise ops, copies, launches, is taken as unchanged). A candidate's gain is the
-difference of the two sums, so rounded channel counts and factored chains are priced at
-what onnxruntime really does with them, not at their FLOPs. The budget search checks the
+with T(original) the measured whole model: what the per-node times leave out (elementwise
+ops, pooling, copies) is taken to shrink with the compute, and the ratio is robust to the
+whole model and the one-node models being timed under different load. A candidate's gain
+is the difference of the two sums (scaled by the same ratio), so rounded channel counts
+and factored chains are priced at what onnxruntime really does with them, not at FLOPs. The budget search checks the
 prediction against the measured whole model (``predicted vs measured`` in its stats).
 """
 from __future__ import annotations

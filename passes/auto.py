@@ -231,10 +231,12 @@ class _Search:
             if self.objective == "latency":
                 self.times, timed = layer_times(table, ctx)
                 base_layers = sum(self.times.get(k, 0.0) for k in table["base"]["sigs"].values())
-                # t(model) = residual + Σ layer times; one-node models pay a launch each, so
-                # on tiny models their sum can exceed the whole: then scale them to fit.
-                self.layer_scale = min(1.0, self.t0 / base_layers) if base_layers > 0 else 1.0
-                self.residual = self.t0 - self.layer_scale * base_layers
+                # t(model) = T0 · Σ layer times(model) / Σ layer times(original): what the one-node
+                # models leave out (elementwise ops, pooling, copies) shrinks with the channels too,
+                # and a ratio is robust to T0 and the layer times being measured under different
+                # machine load (an additive residual is not: measured here, it swallowed the gains).
+                self.layer_scale = self.t0 / base_layers if base_layers > 0 else 1.0
+                self.residual = 0.0
                 sens["latency_model"] = {"original_ms": round(self.t0, 4), "layers_ms": round(base_layers, 4),
                                          "residual_ms": round(self.residual, 4), "layer_scale": round(self.layer_scale, 4),
                                          "signatures_timed_now": timed,
