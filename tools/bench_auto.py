@@ -46,15 +46,17 @@ def speed(orig: Any, model: Any, feed: Any, repeats: int = 3, runs: int = 40) ->
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=list(RECIPES))
-    ap.add_argument("--targets", type=float, nargs="+", default=[1.2, 1.3, 1.5, 2.0])
+    ap.add_argument("--targets", type=float, nargs="+", default=[1.15, 1.3, 1.5])
     ap.add_argument("--methods", nargs="+", default=["prune|lowrank", "prune|lowrank|quantize"])
-    ap.add_argument("--targets-quantize", type=float, nargs="+", default=[1.5, 2.0, 2.3],
+    ap.add_argument("--targets-quantize", type=float, nargs="+", default=[2.0, 2.3],
                     help="targets for method sets that include quantize")
-    ap.add_argument("--uniform", type=float, nargs="+", default=[0.125, 0.25, 0.375, 0.5])
+    ap.add_argument("--uniform", type=float, nargs="*", default=[0.25, 0.5])
     ap.add_argument("--ratios", default="0.25|0.5")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--timing-model", default="squeezenet1.1")
-    ap.add_argument("--auto-options", default="", help="extra auto options, e.g. reconstruct=none")
+    ap.add_argument("--auto-options", default="fractions=0.5,samples=64",
+                    help="extra auto options (default: one rank fraction, sensitivity scored on 64 of the 256 "
+                         "calibration images: the machine is shared)")
     ap.add_argument("--quantize-options", default="exclude=none")
     ap.add_argument("--stem", default="auto")
     ap.add_argument("--workers", type=int, default=1, help="sweep workers inside auto")
@@ -70,6 +72,12 @@ def main() -> int:
             if f.is_file():
                 part = json.loads(f.read_text())
                 results["models"][name] = part["result"]
+                old = cache / f"{name}.run1.json"  # an earlier, interrupted run (older latency model)
+                if old.is_file():
+                    prev = json.loads(old.read_text())["result"]
+                    part["result"]["uniform"] = part["result"]["uniform"] or prev["uniform"]
+                    part["result"]["rows"] += [{**r, "methods": r["methods"] + " (run 1: additive latency model)"}
+                                               for r in prev["rows"]]
                 results.setdefault("commands", []).append(part["environment"]["command"])
         write(results, a.stem, sum(r["seconds"] for r in results["models"].values()))
         return 0
@@ -84,16 +92,6 @@ def main() -> int:
         base_eval = ev.baseline()
         feed = batch1_feed(ctx)
         res: dict[str, Any] = {"split": plan.report["split"], "eval_top1": base_eval, "rows": [], "uniform": []}
-        # sensitivity timing: fresh caches, 1 then 2 workers
-        if name == a.timing_model:
-            # a reduced sweep (prune only, ratio 0.5, 64 scoring samples): the timing, not the table, matters here
-            settings = SweepSettings(families=("prune",), ratios=(0.5,), samples=64)
-            for w in (1, 2):
-                with tempfile.TemporaryDirectory() as tmp:
-                    t = time.perf_counter()
-                    table = sweep(proto, ctx.replace(cache_dir=Path(tmp)), settings, workers=w)
-                    res[f"sweep_seconds_{w}_workers"] = round(time.perf_counter() - t, 1)
-                    res["sweep_candidates"] = len(table["candidates"])
         # uniform baselines
         for r in a.uniform:
             try:
@@ -127,18 +125,35 @@ def main() -> int:
                     "points": [{k: p.get(k) for k in ("label", "drop", "speedup", "predicted_speedup", "size_bytes")}
                                for p in st["points"]],
                 })
+                res["seconds"] = round(time.perf_counter() - t_model, 1)
+                res["original_size"] = proto.ByteSize()
+                save(cache, name, env, res)  # partial results survive an interrupted run
                 print(name, methods, target, json.dumps({k: res["rows"][-1][k] for k in
                                                         ("speedup", "eval_drop", "calib_drop", "predicted_speedup",
                                                          "target_met_on_calib", "seconds")}), flush=True)
+        # sensitivity timing: fresh caches, 1 then 2 workers
+        if name == a.timing_model:
+            # a reduced sweep (prune only, ratio 0.5, 64 scoring samples): the timing, not the table, matters here
+            settings = SweepSettings(families=("prune",), ratios=(0.5,), samples=64)
+            for w in (1, 2):
+                with tempfile.TemporaryDirectory() as tmp:
+                    t = time.perf_counter()
+                    table = sweep(proto, ctx.replace(cache_dir=Path(tmp)), settings, workers=w)
+                    res[f"sweep_seconds_{w}_workers"] = round(time.perf_counter() - t, 1)
+                    res["sweep_candidates"] = len(table["candidates"])
         res["original_size"] = proto.ByteSize()
         res["seconds"] = round(time.perf_counter() - t_model, 1)
         results["models"][name] = res
-        cache.mkdir(parents=True, exist_ok=True)
-        (cache / f"{name}.result.json").write_text(json.dumps({"environment": env, "result": res},
-                                                              default=benchlib._json_default))
+        save(cache, name, env, res)
     if len(a.models) == len(RECIPES):
         write(results, a.stem, time.perf_counter() - t_all)
     return 0
+
+
+def save(cache: Path, name: str, env: dict[str, Any], res: dict[str, Any]) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / f"{name}.result.json").write_text(json.dumps({"environment": env, "result": res},
+                                                          default=benchlib._json_default))
 
 
 def _fmt(x: float | None, d: int = 2) -> str:
@@ -158,7 +173,9 @@ def write(results: dict[str, Any], stem: str, seconds: float) -> None:
         "1 thread, batch 1, timed interleaved here after the search, median of 3 repeats of 40 runs (spread min-max). "
         "*calib drop*: what the search measured on its calibration data; *predicted*: the per-node latency model's "
         "speed-up for the chosen allocation. *met*: the search's own verdict (calibration data, its timing); "
-        "a row meets the issue's bar when eval drop <= 1.0 and the speed-up reaches the target.", ""]
+        "a row meets the issue's bar when the model was changed, eval drop <= 1.0 and the speed-up reaches the target. "
+        "Rows at size 100 % are the original model returned unchanged: their speed-up shows the timing noise "
+        "of the shared machine (load average 12-18 on 2 cores during this run).", ""]
     for name, r in results["models"].items():
         lines += [f"## {name}", "", f"Evaluation top-1 of the original: {100 * r['eval_top1']:.2f} % "
                   f"({r['split']['evaluation']} images). Model time {r['seconds'] / 60:.1f} min."]
@@ -174,7 +191,8 @@ def write(results: dict[str, Any], stem: str, seconds: float) -> None:
                 continue
             uni = [u for u in r["uniform"] if "speedup" in u and u["speedup"] >= row["speedup"]]
             best_u = min(uni, key=lambda u: u["drop"]) if uni else None
-            ok = row["eval_drop"] <= 1.0 and row["speedup"] >= row["target"]
+            changed = row["size"] != r["original_size"] or bool(row["levels"])
+            ok = changed and row["eval_drop"] <= 1.0 and row["speedup"] >= row["target"]
             rows.append([row["methods"], f"{row['target']:g}x", f"{row['speedup']:.2f} ({row['spread'][0]:.2f}-{row['spread'][1]:.2f})",
                          _fmt(row["predicted_speedup"]), _fmt(row["eval_drop"]), _fmt(row["calib_drop"]),
                          f"{row['size'] / r['original_size'] * 100:.0f} %", "yes" if row["target_met_on_calib"] else "no",
