@@ -207,6 +207,7 @@ class _Search:
         self.times: dict[str, float] | None = None
         self.layer_scale, self.residual = 1.0, 0.0
         self.q_speed, self.q_drop, self.q_factor = 1.0, 0.0, 1.0
+        self.ops: dict[str, str] = {}
         use_q = self.quantize_step()
         start = self.measure("original", self.original, {}, {"predicted_speedup": 1.0})
         self.t0 = start["original_ms"]
@@ -250,8 +251,6 @@ class _Search:
                                     for c in k.choices)) for k in kn]
             if self.objective == "latency":
                 kn = [Knob(k.key, tuple(Choice(c.level, c.loss, c.gain * self.layer_scale) for c in k.choices)) for k in kn]
-        else:
-            self.ops = {}
         best = self.search(kn, use_q)
         return self.finish(model, best, sens, use_q)
 

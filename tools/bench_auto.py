@@ -72,12 +72,17 @@ def main() -> int:
             if f.is_file():
                 part = json.loads(f.read_text())
                 results["models"][name] = part["result"]
-                old = cache / f"{name}.run1.json"  # an earlier, interrupted run (older latency model)
-                if old.is_file():
-                    prev = json.loads(old.read_text())["result"]
-                    part["result"]["uniform"] = part["result"]["uniform"] or prev["uniform"]
-                    part["result"]["rows"] += [{**r, "methods": r["methods"] + " (run 1: additive latency model)"}
-                                               for r in prev["rows"]]
+                # earlier runs of the same model: run1 (additive latency model), run2 (quantize step broken)
+                for old, label in ((cache / f"{name}.run2.json", " (run 2: quantize step not run, a bug since fixed)"),
+                                   (cache / f"{name}.run1.json", " (run 1: additive latency model)")):
+                    if old.is_file():
+                        prev = json.loads(old.read_text())["result"]
+                        part["result"]["uniform"] = part["result"]["uniform"] or prev["uniform"]
+                        part["result"]["rows"] += [{**r, "methods": r["methods"] + ("" if "quantize" not in r["methods"]
+                                                                                    or "run 2" not in label else label)}
+                                                   for r in prev["rows"] if "run 2" not in label or
+                                                   "quantize" not in r["methods"]] if "run 2" in label else \
+                            [{**r, "methods": r["methods"] + label} for r in prev["rows"]]
                 results.setdefault("commands", []).append(part["environment"]["command"])
         write(results, a.stem, sum(r["seconds"] for r in results["models"].values()))
         return 0
