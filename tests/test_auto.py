@@ -105,3 +105,16 @@ def test_ray_and_local_choose_the_same(tmp_path) -> None:
     assert on_ray[0].stats["chosen"]["levels"] == local[0].stats["chosen"]["levels"]
     assert on_ray[0].stats["sensitivity"]["rows"] == local[0].stats["sensitivity"]["rows"]
     assert on_ray[0].stats["sensitivity"]["sweep"]["executor"] == "ray"
+
+
+def test_quantize_last(tmp_path) -> None:
+    # prune first, quantize last; the quantized original is measured first (its drop and speed-up)
+    m = small_cnn()
+    spec = f"auto:speedup=1.1,min-cosine=0.5,methods=prune|quantize,on-miss=best,quantize-options=exclude=none,{FAST}"
+    out, rec = run_passes(m, [spec], ctx=small_ctx(m, tmp_path))
+    st = rec[0].stats
+    assert not [n for n in st["notes"] if "quantize failed" in n]
+    assert st["quantize"]["used"] and any(p["label"] == "quantize only" for p in st["points"])
+    if rec[0].modified:
+        assert any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in out.graph.node)
+        _valid(out)
