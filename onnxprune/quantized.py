@@ -145,11 +145,50 @@ def prepare_for_quantization(proto: onnx.ModelProto, feed: Mapping[str, np.ndarr
     removed = drop_initializer_inputs(work)
     if removed:
         steps["initializer_inputs_removed"] = removed
+    flattened = flatten_bias_adds(work)
+    if flattened:
+        steps["bias_adds_flattened"] = flattened
     opset = default_opset(work)
     work = upgrade_opset(work, min_opset, feed, threads=threads)
     if default_opset(work) != opset:
         steps["opset"] = [opset, default_opset(work)]
     return work, steps
+
+
+def flatten_bias_adds(proto: onnx.ModelProto) -> int:
+    """``Add(MatMul(x, W), B[1, N])`` → ``Add(MatMul(x, W), B[N])``, in place; returns how many.
+
+    Broadcasting makes the two equal whenever the MatMul output has rank ≥ 2 (always, for a
+    MatMul with a 2-D weight). onnxruntime's QDQ quantizer treats such an Add as a bias
+    and quantizes a [1, N] bias per axis with a scale it then cannot broadcast (a model that
+    fails at run time), so the bias is given the 1-D shape it has in meaning.
+    """
+    from onnx import numpy_helper
+
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    readers: Counter[str] = Counter(i for n in g.node for i in n.input)
+    done = 0
+    for node in g.node:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        for k in (0, 1):
+            b, other = node.input[k], node.input[1 - k]
+            t = inits.get(b)
+            src = producers.get(other)
+            if t is None or src is None or src.op_type not in ("MatMul", "Gemm") or readers[b] != 1:
+                continue
+            dims = list(t.dims)
+            if len(dims) < 2 or any(d != 1 for d in dims[:-1]):
+                continue
+            w = inits.get(src.input[1]) if len(src.input) > 1 else None
+            if src.op_type == "MatMul" and (w is None or len(w.dims) != 2):
+                continue
+            arr = numpy_helper.to_array(t).reshape(dims[-1])
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
+            done += 1
+    return done
 
 
 def adopt(model: Model, proto: onnx.ModelProto) -> None:

@@ -50,7 +50,10 @@ def proto_size(model: onnx.ModelProto) -> int:
     rest = sum(v.ByteSize() for v in (*g.input, *g.output, *g.value_info))
     rest += sum(t.ByteSize() for t in g.sparse_initializer) + sum(f.ByteSize() for f in model.functions)
     # Field tags and length prefixes: at most 10 bytes per element.
-    return int(big + rest + 10 * (len(g.initializer) + len(g.node) + len(g.input) + len(g.output)) + 4096)
+    bound = int(big + rest + 10 * (len(g.initializer) + len(g.node) + len(g.input) + len(g.output)) + 4096)
+    # Below the limit protobuf computes the exact size itself (no serialisation); the
+    # bound stands in only where ByteSize() would raise.
+    return int(model.ByteSize()) if bound < PROTOBUF_LIMIT else bound
 
 
 def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:

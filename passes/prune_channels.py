@@ -443,11 +443,23 @@ class PruneChannels(Pass):
         if method != "none":
             data = ctx.require_data(self.name, f"reconstruct={method}")
             only, axes = refit_targets(analysis, pruned)
+            unfitted = model.to_onnx()
             stats["reconstruction"] = rc.reconstruct(
                 model, snapshot, pruned, data,
                 rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples, ctx.target.threads, ctx.seed),
                 only=only, axes=axes)
             model.refresh_shapes()
+            # Each refit lowers its own layer's error, but bias-only corrections ahead of a
+            # nonlinearity can still cost the model as a whole: keep the refit only when the
+            # evaluator (calibration data, never the evaluation split) does not score it lower.
+            if ctx.evaluator is not None:
+                fitted = model.to_onnx()
+                s_none, s_fit = ctx.evaluator.score(unfitted), ctx.evaluator.score(fitted)
+                stats["reconstruction"]["calibration_score"] = {"none": round(s_none, 6), "refit": round(s_fit, 6),
+                                                               "metric": ctx.evaluator.metric}
+                if s_fit < s_none:
+                    model.reset(unfitted)
+                    stats["reconstruction"]["kept"] = "none: the refit scored lower on the calibration data"
         per_group = []
         for g in analysis.groups:
             gone = [a for a in atoms if analysis.atoms[a].group == g.id]

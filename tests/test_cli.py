@@ -300,9 +300,10 @@ def _readme_commands(repo_root: Path) -> list[list[str]]:
     for block in section.split("```bash")[1:]:
         body = block.split("```", 1)[0].replace("\\\n", " ")
         for line in body.splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line.startswith("onnxprune "):
-                cmds.append(shlex.split(line)[1:])
+            for part in line.split("#", 1)[0].split("&&"):  # the first command installs && runs
+                part = part.strip()
+                if part.startswith("onnxprune "):
+                    cmds.append(shlex.split(part)[1:])
     return cmds
 
 

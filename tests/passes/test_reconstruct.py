@@ -37,11 +37,14 @@ def _model(consumer: str) -> onnx.ModelProto:
     """
     rng = np.random.default_rng(3)
     if consumer.startswith("conv"):
-        k = 1 if consumer == "conv1x1" else 3
+        k = {"conv1x1": 1, "conv2x2same": 2}.get(consumer, 3)
         inits = {"wp": _combo_weight(rng, (C, 4, 3, 3)),
                  "wc": rng.standard_normal((5, C, k, k)).astype(np.float32), "bc": rng.standard_normal(5).astype(np.float32)}
+        # *same: auto_pad SAME_* (CNTK/TF exports, mnist-8), rewritten as explicit pads for the refit
+        pad = ({"auto_pad": "SAME_LOWER"} if consumer == "conv2x2same" else {"auto_pad": "SAME_UPPER"}
+               if consumer == "conv3x3same" else {"pads": [k // 2] * 4})
         nodes = [helper.make_node("Conv", ["X", "wp"], ["h"], name="prod", pads=[1] * 4),
-                 helper.make_node("Conv", ["h", "wc", "bc"], ["Y"], name="cons", pads=[k // 2] * 4)]
+                 helper.make_node("Conv", ["h", "wc", "bc"], ["Y"], name="cons", kernel_shape=[k, k], **pad)]
         return normalize(make_model(nodes, [vinfo("X", ["N", 4, 6, 6])], [vinfo("Y", ["N", 5, 6, 6])], inits))
     inits = {"wp": _combo_weight(rng, (C, 4)).T.copy()}
     if consumer == "gemm":
@@ -64,7 +67,7 @@ def _max_rel(a: onnx.ModelProto, b: onnx.ModelProto, feed: dict) -> float:
     return float(np.abs(ya - yb).max() / np.abs(yb).max())
 
 
-@pytest.mark.parametrize("consumer", ["conv1x1", "conv3x3", "gemm", "matmul"])
+@pytest.mark.parametrize("consumer", ["conv1x1", "conv3x3", "conv3x3same", "conv2x2same", "gemm", "matmul"])
 def test_dependent_channel_pruned_losslessly(consumer):
     model = _model(consumer)
     ctx = _ctx(model)
@@ -113,15 +116,17 @@ def test_lasso_drops_the_channel_its_consumer_ignores():
 
 
 def test_bias_correction_matches_channel_means():
-    """A SAME-padded consumer is not refit; its output's per-channel mean is moved back onto the original's."""
+    """A SAME-padded consumer at unknown spatial size is not refit (its pads are not known until run
+    time); its output's per-channel mean is moved back onto the original's."""
     rng = np.random.default_rng(1)
     inits = {"wp": rng.standard_normal((C, 4, 3, 3)).astype(np.float32),
              "wc": rng.standard_normal((5, C, 3, 3)).astype(np.float32)}
     nodes = [helper.make_node("Conv", ["X", "wp"], ["a"], name="prod", pads=[1] * 4),
              helper.make_node("Relu", ["a"], ["h"]),
              helper.make_node("Conv", ["h", "wc"], ["Y"], name="cons", auto_pad="SAME_UPPER")]
-    model = normalize(make_model(nodes, [vinfo("X", ["N", 4, 6, 6])], [vinfo("Y", ["N", 5, 6, 6])], inits))
-    ctx = _ctx(model)
+    model = normalize(make_model(nodes, [vinfo("X", ["N", 4, "H", "W"])], [vinfo("Y", ["N", 5, "H", "W"])], inits))
+    data = load_dataset(model, None, limit=64, batch_size=8, seed=0, shapes={"X": (1, 4, 6, 6)})
+    ctx = PassContext(calib=data, calib_kind="data")
     out, rec = run_passes(model, ["prune-channels:ratio=0.5,round-to=1,latency-guard=false,reconstruct=ls"], ctx=ctx)
     layer = rec[0].stats["reconstruction"]["layers"][0]
     assert layer["fit"] == "bias" and layer["mean_shift"] > 0
@@ -205,3 +210,29 @@ def test_refit_never_worse_than_none_on_calibration_data(seed, ratio, method, sc
             assert line["rel_error_after"] <= line["rel_error_before"] + 1e-12
     if method == "ls" and scope == "local":  # same channels removed: the refit must not lose to plain slicing
         assert _calib_mse(fit, model, ctx.calib) <= 1.02 * _calib_mse(plain, model, ctx.calib) + 1e-9
+
+
+def test_refit_scoring_lower_on_calibration_is_not_kept(monkeypatch):
+    """The pass keeps a refit only when the evaluator (calibration data) does not score it lower."""
+    from onnxprune import reconstruct as rc_mod
+    from onnxprune.context import Evaluator
+
+    model = _model("conv3x3")
+    ctx = _ctx(model)
+    ctx = PassContext(calib=ctx.calib, calib_kind="data", evaluator=Evaluator(model, ctx.calib))
+    real = rc_mod.reconstruct
+
+    def sabotage(m, *args, **kw):  # a "refit" that wrecks the consumer
+        report = real(m, *args, **kw)
+        cons = next(n for n in m.graph.nodes if n.name == "cons")
+        cons.inputs[1].values = cons.inputs[1].values * -3.0
+        return report
+
+    spec = "prune-channels:ratio=0.125,round-to=1,latency-guard=false,criterion=variance,reconstruct=ls"
+    monkeypatch.setattr(rc_mod, "reconstruct", sabotage)
+    out, rec = run_passes(model, [spec], ctx=ctx)
+    r = rec[0].stats["reconstruction"]
+    assert r["calibration_score"]["refit"] < r["calibration_score"]["none"] and r["kept"].startswith("none")
+    plain, _ = run_passes(model, [spec.replace("reconstruct=ls", "reconstruct=none")], ctx=ctx)
+    feed = load_dataset(model, None, limit=4, batch_size=4, seed=5).batches[0]
+    np.testing.assert_array_equal(run(out, feed)[0], run(plain, feed)[0])
