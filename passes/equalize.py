@@ -51,6 +51,16 @@ from onnxprune.model import Model
 
 @dataclass(frozen=True)
 class Options:
+    """Options of the equalize pass.
+
+    clip: pairs through Clip(0, m): exact (Relu + per-channel Min, exact in float; default), relu (lossy) or skip
+    iterations: sweeps over all pairs so chained layers' scales converge (in [1, 100]; default 8)
+    absorb: bias absorption through Relu, with calibration data only (default true)
+    bias-correction: subtract the expected weight-quantization error: auto (empirical with data, else analytic; default), empirical, analytic or none
+    per-channel: bias correction simulates per-output-channel weight quantization (default true) rather than per tensor
+    bits: weight bit width simulated by bias correction (in [2, 16]; default 8)
+    """
+
     clip: Literal["exact", "relu", "skip"] = "exact"
     iterations: int = 8
     absorb: bool = True

@@ -39,6 +39,12 @@ UNSAFE_OPS = ("Exp", "Pow", "Log", "Reciprocal", "Softplus", "ReduceSumSquare", 
 
 @dataclass(frozen=True)
 class Options:
+    """Options of the fp16 pass.
+
+    keep-io-types: keep float32 graph inputs/outputs with Casts (default true; false is refused)
+    keep-float32: extra |-separated op types kept in float32, on top of the built-in block list (default none)
+    """
+
     keep_io_types: bool = True
     keep_float32: str = ""
 

@@ -214,7 +214,16 @@ def parse_pattern(text: str) -> tuple[int, int]:
 @dataclass(frozen=True)
 class Options:
     """``threshold`` (q), ``sparsity`` (s) or ``pattern`` (N:M), at most one; ``layers``,
-    ``exclude`` (glob patterns on node names), ``min-params``, ``depthwise``."""
+    ``exclude`` (glob patterns on node names), ``min-params``, ``depthwise``.
+
+    threshold: zero weights with |w| < threshold * std(W) of their layer (q >= 0)
+    sparsity: zero exactly round(sparsity * n) smallest-magnitude weights per layer (in [0, 1); default 0.2 if no rule)
+    pattern: N:M structured sparsity, e.g. 2:4: keep the N largest of every M consecutive weights along the input axis
+    layers: only nodes whose name matches one of these glob patterns (default: every weight layer)
+    exclude: skip nodes whose name matches one of these glob patterns
+    min-params: skip layers whose weight has fewer than this many elements (default 0)
+    depthwise: also prune depthwise convs (default false: costly without retraining)
+    """
 
     threshold: float | None = None
     sparsity: float | None = None

@@ -75,6 +75,23 @@ CALIB_STRIDE = 16
 
 @dataclass(frozen=True)
 class Options:
+    """Options of the quantize pass (see the module docstring for the exclude=auto search).
+
+    mode: static (QDQ, activation ranges calibrated on data; default) or dynamic (MatMul/Gemm weights int8, no data)
+    calibrate: activation-range calibration for static mode: minmax, entropy or percentile (default)
+    percentile: with calibrate=percentile, the percentile of |activation| kept as the range (in (50, 100]; default 99.999)
+    activations: activation type for static mode: auto (uint8 on x86 targets; default), uint8 or int8
+    per-channel: weights quantized per output channel (default true) rather than per tensor
+    exclude: nodes kept in float: none (default), auto (measured search) or |-separated fnmatch patterns on name/op type
+    max-excluded: with exclude=auto, at most this many nodes kept in float (default 3)
+    max-drop: with exclude=auto, allowed drop of the evaluator score in points (top-1 or cosine x100; default 0.5)
+    latency-budget: with exclude=auto, max latency relative to the fully quantized model (in [1, 10]; default 1.10)
+    min-gain: with exclude=auto, a node stays float only if it removes this share of the remaining error (default 0.05)
+    search-samples: with exclude=auto, calibration samples used to score each candidate node (default 64)
+    search-seconds: with exclude=auto, time bound in seconds on the per-node sweep (default 90)
+    preprocess: run onnxruntime's quant_pre_process (shape inference, basic optimizations) first (default true)
+    """
+
     mode: Literal["static", "dynamic"] = "static"
     calibrate: Literal["minmax", "entropy", "percentile"] = "percentile"
     percentile: float = 99.999

@@ -441,7 +441,20 @@ def huffman_bytes(coded: Coded) -> int:
 @dataclass(frozen=True)
 class Options:
     """``bits`` (1..8, default 4), ``max-error`` and ``max-bits`` (per-layer fallback to more
-    bits), ``keep-zeros``, ``iterations``, ``layers`` / ``exclude`` / ``min-params``."""
+    bits), ``keep-zeros``, ``iterations``, ``layers`` / ``exclude`` / ``min-params``.
+
+    bits: index width per weight, k = 2**bits shared values per layer (1..8; default 4; the minimum with max-error/budget)
+    scale: channel (weights divided by their output channel's max |w|, scales stored; default) or none (plain codebook)
+    rounding: index choice: auto (gptq with calibration data, else nearest; default), nearest or gptq (needs data)
+    max-error: per layer, add bits up to max-bits while the relative (output, or weight) error exceeds this (in (0, 1])
+    budget: average stored bits per weight over all coded layers, bits allocated per layer (in [1, 8]; not with max-error)
+    max-bits: upper bit width for max-error and budget (bits..8; default 8)
+    keep-zeros: keep zero weights (from prune-weights) exactly zero as a fixed centroid (default true)
+    iterations: maximum Lloyd (k-means) iterations per layer (default 50)
+    layers: only nodes whose name matches one of these glob patterns (default: every weight layer)
+    exclude: skip nodes whose name matches one of these glob patterns
+    min-params: skip layers whose weight has fewer than this many elements (default 0)
+    """
 
     bits: int = 4
     scale: Literal["channel", "none"] = "channel"
