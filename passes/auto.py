@@ -72,6 +72,30 @@ METHODS = ("prune", "lowrank", "quantize")
 
 @dataclass(frozen=True)
 class Options:
+    """Options of auto: one target (speedup, flops or size; default speedup=1.5), a quality budget, the search.
+
+    speedup: target measured latency factor, original / compressed (default 1.5 when no target is given)
+    flops: target FLOPs reduction factor over the original (instead of speedup)
+    size: target serialised-size reduction factor over the original (instead of speedup)
+    max-drop: quality budget in points of top-1 on labelled calibration data
+    min-cosine: quality budget without labels: mean output cosine to the original must stay at or above this
+    methods: methods to combine, some of prune|lowrank|quantize (quantize applied last)
+    ratios: pruning ratios tried per group in the sensitivity sweep, each in (0, 1)
+    fractions: low-rank rank fractions (of full rank) tried per layer in the sweep, each in (0, 1)
+    criterion: prune-channels criterion used for the candidates
+    reconstruct: prune-channels reconstruct mode for the candidates (default: that pass's own default)
+    quantize-options: options of the quantize step, ';'-separated, e.g. "mode=dynamic;exclude=none"
+    round-to: kept channels rounded up to a multiple of this (default: the target's vector width)
+    protect: node-name glob patterns never pruned
+    samples: calibration samples used to score sweep candidates (default: all)
+    rounds: most build-and-measure rounds of the back-off search
+    executor: where the sweep's candidates run: local or ray
+    workers: parallel sweep workers (default: the context's workers)
+    latency-runs: timed runs per model when measuring a point against the original
+    on-miss: if no point meets target and budget: error (raise QualityError, exit 7) or best (keep best point)
+    sensitivity: path of a table from `onnxprune sensitivity --json` (same model) used instead of a fresh sweep
+    """
+
     speedup: float | None = None  # measured latency factor (original / compressed); default 1.5 if no target
     flops: float | None = None  # FLOPs reduced by this factor
     size: float | None = None  # serialised size reduced by this factor

@@ -42,6 +42,8 @@ class Skip(Exception):
 
 @dataclass(frozen=True)
 class Options:
+    """fold-bn has no options: every foldable BatchNormalization, Mul, Add, Sub and Div is folded."""
+
     pass
 
 

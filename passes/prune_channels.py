@@ -54,6 +54,23 @@ MAX_GROUP_CUT = 0.75
 
 @dataclass(frozen=True)
 class Options:
+    """Options of prune-channels (see the module docstring for the selection rule).
+
+    ratio: share of each group's channels to remove (scope=error: share of the model's FLOPs), in [0, 1)
+    criterion: channel importance score: l1, l2, fpgm, bn-scale, or data-driven apoz, variance, activation, thinet, thinet-ls, car
+    scope: local (ratio per group), global (lowest normalised scores model-wide) or error (greedy by refit error per FLOP, needs data)
+    round-to: kept channels rounded up to a multiple of this (default: the target's vector width)
+    min-channels: never keep fewer channels than this in a group
+    protect: node-name glob patterns ('head*|conv1') whose channels are never pruned
+    latency-guard: time pruned vs original in onnxruntime; if not faster, double round-to and retry, else revert
+    guard-runs: timed runs per model for the latency guard
+    reconstruct: consumer refit: auto (ls with calibration data, else none), ls (ridge least squares), lasso (LASSO re-rank, then ls), none
+    ridge: ridge strength of the least-squares refit
+    calib-rows: activation rows sampled per calibration batch for the refit and Grams (default: 8192 in all)
+    calib-samples: calibration samples used for the refit and Grams (default: all)
+    group-ratios: per-group ratio overrides, SOURCE=RATIO|... keyed by the group's source node name
+    """
+
     ratio: float = 0.3
     criterion: str = "l1"
     scope: Literal["local", "global", "error"] = "local"
