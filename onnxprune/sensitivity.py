@@ -52,7 +52,7 @@ from onnxprune.allocate import Choice, Knob
 from onnxprune.context import Evaluator, PassContext
 from onnxprune.errors import UsageError
 from onnxprune.manager import Pass, PassManager, PassResult
-from onnxprune.model import Model
+from onnxprune.model import Model, model_size_bytes
 
 log = logging.getLogger(__name__)
 
@@ -438,7 +438,7 @@ def _worker_run(state: Mapping[str, Any], c: Candidate) -> dict[str, Any]:
     sigs = signatures(model, ctx.input_shapes)
     return {"ok": True, "score": score, "drop": state["scale"] * (state["base"] - score),
             "sigs": {k: v["key"] for k, v in sigs.items()}, "sig_defs": {v["key"]: v for v in sigs.values()},
-            "size": model.ByteSize(), "flops": model_cost(model, inputs=ctx.input_shapes).flops}
+            "size": model_size_bytes(model), "flops": model_cost(model, inputs=ctx.input_shapes).flops}
 
 
 def _data_hash(ds: Any) -> str:
@@ -508,7 +508,7 @@ def sweep(proto: onnx.ModelProto, ctx: PassContext, s: SweepSettings, *, workers
         "unit": "points of top-1" if ev.metric in ("accuracy", "agreement") else "cosine",
         "baseline": baseline, "samples": score_data.n_samples, "settings": s.to_dict(), "round_to": rt,
         "backend": prune_backend(s), "notes": notes, "base": {"sigs": {k: v["key"] for k, v in base_sigs.items()},
-                                                             "size": proto.ByteSize(),
+                                                             "size": model_size_bytes(proto),
                                                              "flops": model_cost(proto, inputs=ctx.input_shapes).flops},
         "signatures": sig_defs, "candidates": rows, "sweep": stats.to_dict(), "cached": False,
     }

@@ -46,7 +46,7 @@ from onnxprune.context import Evaluator, PassContext
 from onnxprune.errors import QualityError, UsageError
 from onnxprune.executor import EXECUTORS
 from onnxprune.manager import Pass, PassResult, check_range
-from onnxprune.model import Model
+from onnxprune.model import Model, model_size_bytes
 from onnxprune.sensitivity import (
     SweepSettings,
     apply_specs,
@@ -173,7 +173,7 @@ class _Search:
             "label": label, "levels": dict(levels), "score": score, "drop": self.scale * (self.base - score),
             "speedup": t0s[0] / t1s[0], "latency_ms": t1s[0], "original_ms": t0s[0],
             "flops_factor": self.f0 / max(model_cost(proto, inputs=self.ctx.input_shapes).flops, 1),
-            "size_factor": self.s0 / max(proto.ByteSize(), 1), "size_bytes": proto.ByteSize(), **predicted,
+            "size_factor": self.s0 / max(model_size_bytes(proto), 1), "size_bytes": model_size_bytes(proto), **predicted,
         }
         point["holds_quality"] = point["drop"] <= self.budget + 1e-9
         point["meets_target"] = self.achieved(point) >= self.target - 1e-9
@@ -222,7 +222,7 @@ class _Search:
         self.objective, self.target = o.target()
         self.feed = batch1_feed(ctx)
         self.f0 = model_cost(self.original, inputs=ctx.input_shapes).flops
-        self.s0 = self.original.ByteSize()
+        self.s0 = model_size_bytes(self.original)
         self.settings = SweepSettings(families=tuple(m for m in ("prune", "lowrank") if m in o.methods) or ("prune",),
                                       ratios=o.ratios, fractions=o.fractions, criterion=o.criterion,
                                       reconstruct=o.reconstruct, round_to=o.round_to, protect=o.protect,

@@ -30,7 +30,7 @@ import onnx
 from onnxprune.context import PassContext
 from onnxprune.errors import UnsupportedError
 from onnxprune.manager import Pass, PassResult
-from onnxprune.model import Model
+from onnxprune.model import Model, model_size_bytes
 from onnxprune.quantized import adopt
 
 UNSAFE_OPS = ("Exp", "Pow", "Log", "Reciprocal", "Softplus", "ReduceSumSquare", "ReduceProd", "ReduceL2",
@@ -68,13 +68,13 @@ class Float16(Pass):
             return PassResult(False, {"reason": "no float32 weights or inputs to convert"})
         extra = [p.strip() for p in opts.keep_float32.split("|") if p.strip()]
         block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(UNSAFE_OPS) | set(extra))
-        before = proto.ByteSize()
+        before = model_size_bytes(proto)
         out = convert_float_to_float16(proto, keep_io_types=opts.keep_io_types, op_block_list=block)
         kept = sorted({n.op_type for n in proto.graph.node if n.op_type in block})
         adopt(model, out)  # the converter appends its Casts at the end: Model's export sorts them
         after = model.to_onnx()
         halves = sum(1 for t in after.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
-        stats = {"size_bytes": [before, after.ByteSize()], "float16_initializers": halves,
+        stats = {"size_bytes": [before, model_size_bytes(after)], "float16_initializers": halves,
                  "kept_float32_ops": kept, "keep_io_types": opts.keep_io_types,
                  "casts": sum(1 for n in after.graph.node if n.op_type == "Cast")}
         return PassResult(True, stats)

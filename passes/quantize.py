@@ -61,7 +61,7 @@ import onnx
 from onnxprune.context import Evaluator, PassContext
 from onnxprune.errors import UsageError
 from onnxprune.manager import Pass, PassResult, check_range
-from onnxprune.model import Model
+from onnxprune.model import Model, model_size_bytes
 from onnxprune.quantized import adopt, prepare_for_quantization, quantized_ops
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class Quantize(Pass):
         if found:
             return PassResult(False, {"already_quantized": found,
                                       "reason": f"the model is already quantized ({found}); nothing was changed"})
-        before = proto.ByteSize()
+        before = model_size_bytes(proto)
         if opts.mode == "static":
             ctx.require_data(self.name, "static quantization (activation ranges)")
             if not ctx.has_data:
@@ -152,7 +152,7 @@ class Quantize(Pass):
             return PassResult(False, {**stats, "reason": "onnxruntime quantized no node of this model"})
         onnx.checker.check_model(out, full_check=True)
         adopt(model, out)
-        stats["size_bytes"] = [before, out.ByteSize()]
+        stats["size_bytes"] = [before, model_size_bytes(out)]
         stats["quantized_as"] = quantized_ops(out)
         return PassResult(True, stats)
 

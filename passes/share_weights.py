@@ -66,7 +66,7 @@ from onnxprune.coding import MAX_BITS, huffman_bits, pack_indices, packed_nbytes
 from onnxprune.context import PassContext
 from onnxprune.errors import UsageError
 from onnxprune.manager import Pass, PassResult, check_range
-from onnxprune.model import Model
+from onnxprune.model import Model, model_size_bytes
 
 #: Rough serialised size of one layer's decoder nodes and tensor headers; a layer is
 #: coded only when its stored form plus this is smaller than the float weight.
@@ -526,7 +526,7 @@ class ShareWeights(Pass):
             plans.append((g, coded, errors))
         if not plans:
             return PassResult(False, {"layers": [], "skipped": skipped})
-        size_before = model.to_onnx().ByteSize()
+        size_before = model_size_bytes(model.to_onnx())
         decoders = Decoders(model.graph, model.opset)
         lines: list[dict[str, Any]] = []
         for g, coded, errors in plans:
@@ -545,7 +545,7 @@ class ShareWeights(Pass):
                           "float_bytes": int(w.nbytes), "stored_bytes": stored_bytes(coded),
                           "huffman_bytes": huffman_bytes(coded)})
         model.touch()
-        size_after = model.to_onnx().ByteSize()
+        size_after = model_size_bytes(model.to_onnx())
         total = {k: sum(line[k] for line in lines) for k in ("params", "float_bytes", "stored_bytes", "huffman_bytes")}
         stats = {
             "layers": lines, "skipped": skipped, **total,

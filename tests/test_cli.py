@@ -327,8 +327,6 @@ def test_quick_start_shows_real_validated_compression(capsys, tmp_path, repo_roo
     assert out_model.stat().st_size == rep["after"]["size_bytes"]
 
 
-@pytest.mark.xfail(strict=False, reason="pass owners document their options (README: metadata help or 'key: text' "
-                                        "docstring lines); turns into a pass, then make it strict")
 def test_every_pass_option_is_documented():
     from onnxprune.passes import REGISTRY
 
