@@ -127,16 +127,7 @@ class _GroupPrune(Pass):
             if not r or not prunable:
                 continue
             k = len(g.atoms) - kept_channels(len(g.atoms), r, self.round_to)
-            for a in sorted(prunable, key=lambda x: (scores[x], x)):
-                if k <= 0:
-                    break
-                el = analysis.atoms[a].elements
-                if any(left[s] - len(ix) < 1 for s, ix in el.items()):
-                    continue
-                for s, ix in el.items():
-                    left[s] -= len(ix)
-                chosen.append(a)
-                k -= 1
+            chosen += analysis.take_lowest(prunable, scores, k, left)
         if not chosen:
             return PassResult(False, {})
         apply_removal(model, analysis, chosen)

@@ -166,16 +166,7 @@ def choose_atoms(analysis: Analysis, scores: np.ndarray, opts: Options, round_to
         keep = max(n - k, opts.min_channels, 1)
         keep = min(n, int(math.ceil(keep / round_to)) * round_to)
         k = min(n - keep, len(prunable))
-        for a in sorted(prunable, key=lambda x: (scores[x], x)):
-            if k <= 0:
-                break
-            el = analysis.atoms[a].elements
-            if any(left[s] - len(ix) < 1 for s, ix in el.items()):
-                continue
-            for s, ix in el.items():
-                left[s] -= len(ix)
-            chosen.append(a)
-            k -= 1
+        chosen += analysis.take_lowest(prunable, scores, k, left)
     return chosen
 
 

@@ -56,6 +56,22 @@ class Analysis:
     def prunable_atoms(self, group: Group) -> list[int]:
         return [a for a in group.atoms if self.atoms[a].prunable]
 
+    def take_lowest(self, candidates: list[int], scores: Any, k: int, left: dict[int, int]) -> list[int]:
+        """Up to ``k`` of ``candidates``, lowest score first (ties by id), skipping any atom whose
+        removal would leave a tensor with no channel; ``left`` (space id -> channels left) is
+        updated for the atoms taken."""
+        taken: list[int] = []
+        for a in sorted(candidates, key=lambda x: (scores[x], x)):
+            if len(taken) >= k:
+                break
+            el = self.atoms[a].elements
+            if any(left[s] - len(ix) < 1 for s, ix in el.items()):
+                continue
+            for s, ix in el.items():
+                left[s] -= len(ix)
+            taken.append(a)
+        return taken
+
     def to_dict(self) -> dict[str, Any]:
         groups = []
         for g in self.groups:
