@@ -211,18 +211,41 @@ class ConvGeom:
         k = tuple(int(d) for d in weight_shape[2:])
         if len(k) != 2:
             raise ValueError("only 2-D convs have im2col rows here")
-        if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
-            raise ValueError("auto_pad SAME_* is not supported here")
-        pads = tuple(int(p) for p in attrs.get("pads", (0, 0, 0, 0)))
-        return cls((k[0], k[1]), tuple(int(s) for s in attrs.get("strides", (1, 1))),  # type: ignore[arg-type]
-                   (pads[0], pads[1], pads[2], pads[3]),
-                   tuple(int(d) for d in attrs.get("dilations", (1, 1))), int(attrs.get("group", 1)))  # type: ignore[arg-type]
+        strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
+        dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
+        auto = attrs.get("auto_pad", "NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            shape = getattr(node.inputs[0], "shape", None) if hasattr(node, "inputs") else None
+            pads = same_pads(auto, shape[2:] if shape else None, k, strides, dilations)
+            if pads is None:
+                raise ValueError("auto_pad SAME_* at an unknown spatial size: the pads are not known")
+        else:
+            pads = tuple(int(p) for p in attrs.get("pads", (0, 0, 0, 0)))
+        return cls((k[0], k[1]), strides, (pads[0], pads[1], pads[2], pads[3]),  # type: ignore[arg-type]
+                   dilations, int(attrs.get("group", 1)))  # type: ignore[arg-type]
 
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
         kh = (self.kernel[0] - 1) * self.dilations[0] + 1
         kw = (self.kernel[1] - 1) * self.dilations[1] + 1
         return ((h + self.pads[0] + self.pads[2] - kh) // self.strides[0] + 1,
                 (w + self.pads[1] + self.pads[3] - kw) // self.strides[1] + 1)
+
+
+def same_pads(auto_pad: str, spatial: Sequence[Any] | None, kernel: Sequence[int], strides: Sequence[int],
+              dilations: Sequence[int]) -> tuple[int, ...] | None:
+    """The explicit ``pads`` (begins, then ends) that ONNX's ``auto_pad=SAME_UPPER|SAME_LOWER``
+    means at input size ``spatial``; None when a size is unknown. Total pad per axis is
+    ``max((⌈H/s⌉ − 1)·s + (k − 1)·d + 1 − H, 0)``; SAME_UPPER puts the odd pixel at the end."""
+    if not spatial or len(spatial) != len(kernel) or not all(isinstance(d, int) for d in spatial):
+        return None
+    begin, end = [], []
+    for size, k, st, d in zip(spatial, kernel, strides, dilations):
+        total = max((-(-int(size) // st) - 1) * st + (int(k) - 1) * d + 1 - int(size), 0)
+        b = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+        begin.append(b)
+        end.append(total - b)
+    return tuple(begin + end)
 
 
 def sample_positions(n: int, oh: int, ow: int, max_rows: int | None, rng: np.random.Generator) -> np.ndarray:

@@ -12,7 +12,7 @@ Consumers are refit front to back, in *waves*: a wave is a run of consecutive co
 none of which depends on another's output, so one pass over the data (through only the
 front of the model that the wave needs) gives all their statistics, and every later wave
 sees the already-refit layers: errors do not compound. Consumers that cannot be refit
-(ConvTranspose, 1-D/3-D or SAME-padded convs, Gemm with transA) get the mean shift of their
+(ConvTranspose, 1-D/3-D or SAME-padded convs at an unknown input size, Gemm with transA) get the mean shift of their
 output moved into the bias (Nagel et al. 2019, empirical bias correction).
 
 The same Grams of the ORIGINAL model serve two choices made before pruning:
@@ -59,29 +59,13 @@ class FitKind(str, enum.Enum):
     NONE = "none"      # exact after pruning (grouped/depthwise conv) or nothing to correct
 
 
-def explicit_pads(node: gs.Node) -> bool:
-    """Rewrite a Conv's ``auto_pad=SAME_UPPER|SAME_LOWER`` as the equal explicit ``pads`` when its
-    input's spatial size is known (so the refit's im2col rows apply); True when the node now has
-    explicit pads. The result is the same conv: ONNX defines SAME by exactly these pads."""
-    pad = node.attrs.get("auto_pad", "NOTSET")
-    pad = pad.decode() if isinstance(pad, bytes) else pad
-    if pad not in ("SAME_UPPER", "SAME_LOWER"):
-        return pad in ("NOTSET", "VALID")
-    w = ir.constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
-    shape = node.inputs[0].shape
-    if w is None or w.ndim != 4 or not shape or len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
+def _pads_known(node: gs.Node, w: np.ndarray) -> bool:
+    """Whether a Conv's pads are known before it runs: explicit, VALID, or SAME_* at a known
+    input size (the im2col rows then use the equal explicit pads, :func:`activations.same_pads`)."""
+    try:
+        ConvGeom.of_node(node, w.shape)
+    except ValueError:
         return False
-    strides = [int(x) for x in node.attrs.get("strides", [1, 1])]
-    dil = [int(x) for x in node.attrs.get("dilations", [1, 1])]
-    begin, end = [], []
-    for size, k, st, d in zip(shape[2:], w.shape[2:], strides, dil):
-        total = max((-(-int(size) // st) - 1) * st + (int(k) - 1) * d + 1 - int(size), 0)
-        small = total // 2
-        b = small if pad == "SAME_UPPER" else total - small
-        begin.append(b)
-        end.append(total - b)
-    node.attrs["auto_pad"] = "NOTSET"
-    node.attrs["pads"] = begin + end
     return True
 
 
@@ -92,7 +76,7 @@ def fit_kind(node: gs.Node) -> FitKind:
     if node.op == "Conv":
         if int(node.attrs.get("group", 1)) != 1:
             return FitKind.NONE
-        return FitKind.CONV if w.ndim == 4 and explicit_pads(node) else FitKind.BIAS
+        return FitKind.CONV if w.ndim == 4 and _pads_known(node, w) else FitKind.BIAS
     if node.op == "Gemm":
         c = ir.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
         simple_c = c is None or c.size == 1 or c.ndim == 1 or (c.ndim == 2 and c.shape[0] == 1)
