@@ -15,7 +15,7 @@ A frozen :class:`PassContext` carries
 * ``evaluator``: scores a candidate model on the calibration data, top-1 with labels,
   else fidelity to the original model's outputs.
 
-``PassContext.empty()`` is the context of a run with no data: passes that need data
+``PassContext()`` (no calibration data) is the context of a run with no data: passes that need data
 refuse with one line, the rest behave as they always did.
 """
 from __future__ import annotations
@@ -112,10 +112,6 @@ class PassContext:
     evaluator: Evaluator | None = None
     #: "data" when the calibration data is real, "random" when it is noise (weak), None when absent.
     calib_kind: str | None = None
-
-    @classmethod
-    def empty(cls, **kw: Any) -> PassContext:
-        return cls(**kw)
 
     @property
     def has_data(self) -> bool:
