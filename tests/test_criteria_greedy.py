@@ -307,7 +307,7 @@ def test_car_workers_are_deterministic():
 @pytest.mark.parametrize("criterion", ["car", "thinet", "thinet-ls"])
 def test_without_data_one_line_usage_error(criterion):
     with pytest.raises(UsageError) as exc:
-        run_passes(tiny(), [f"prune-channels:criterion={criterion}"], ctx=PassContext.empty())
+        run_passes(tiny(), [f"prune-channels:criterion={criterion}"], ctx=PassContext())
     msg = str(exc.value)
     assert "\n" not in msg and "calibration data" in msg and criterion in msg
 
