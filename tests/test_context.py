@@ -106,3 +106,36 @@ def test_evaluator_scores():
     assert PassContext().require_data.__name__ == "require_data"
     with pytest.raises(UsageError, match="needs calibration data"):
         PassContext().require_data("p", "x")
+
+
+def _softmax(a: np.ndarray) -> np.ndarray:
+    z = np.exp(a - a.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def test_soft_accuracy_is_the_true_label_probability():
+    model = _gemm()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 10)
+    logits = x.astype(np.float64) @ (np.arange(12, dtype=np.float64).reshape(3, 4) / 10).T
+    ds = Dataset([{"x": x[:5]}, {"x": x[5:]}], labels, "t")
+    ev = Evaluator(model, ds, metric="soft-accuracy")
+    want = float(np.mean(_softmax(logits)[np.arange(10), labels]))
+    assert ev.baseline() == pytest.approx(want, abs=1e-6) and ev.metric == "soft-accuracy"
+    # a model that already ends in Softmax is read as probabilities, not softmaxed twice
+    sm = _gemm()
+    sm.graph.node[0].output[0] = "logits"
+    sm.graph.node.append(helper.make_node("Softmax", ["logits"], ["y"], axis=1))
+    assert Evaluator(sm, ds, metric="soft-accuracy").baseline() == pytest.approx(want, abs=1e-6)
+    # continuous: a small weight change moves the score although no argmax flips
+    nudged = _gemm()
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) / 10 * 0.98
+    nudged.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "W"))
+    top1 = Evaluator(model, ds)
+    assert top1.score(nudged) == top1.baseline()
+    assert ev.score(nudged) != pytest.approx(ev.baseline(), abs=1e-6)
+    with pytest.raises(UsageError, match="needs labelled"):
+        Evaluator(model, Dataset(ds.batches, None, "t"), metric="soft-accuracy").baseline()
+    with pytest.raises(UsageError, match="soft-accuracy"):
+        Evaluator(model, ds, metric="soft")
