@@ -12,7 +12,10 @@ convs, SE gates, Flatten→Gemm blocks) into atoms. Per group, with n atoms:
     (scope=error, needs data) per-group k chosen greedily by the smallest increase of the
     group's consumers' relative output error after an LS refit per FLOP saved, until
     ratio·FLOPs (estimated) are gone;  ``group-ratios=SOURCE=R|...`` sets one group's ratio;
-    kept = n − k is raised to ``min-channels`` and rounded UP to a multiple of ``round-to``.
+    kept = n − k is raised to ``min-channels`` and rounded UP to a multiple of ``round-to``,
+    per *part* (``round-parts``, the default): where Split/Concat cut a group into pieces
+    that different convs read or write (MixNet's 3x3/5x5/7x7 depthwise parts), each piece's
+    kept count is rounded, so every conv keeps a channel count on its fast path.
 
 Atoms are ranked by the criterion (:mod:`onnxprune.criteria`, :mod:`onnxprune.criteria_data`);
 ``reconstruct=lasso`` re-ranks within each group by LASSO on its consumers' outputs
@@ -69,6 +72,7 @@ class Options:
     calib-rows: activation rows sampled per calibration batch for the refit and Grams (default: 8192 in all)
     calib-samples: calibration samples used for the refit and Grams (default: all)
     group-ratios: per-group ratio overrides, SOURCE=RATIO|... keyed by the group's source node name
+    round-parts: round each Split/Concat piece of a group that a conv reads or writes to round-to, not only the group's total
     """
 
     ratio: float = 0.3
@@ -84,6 +88,7 @@ class Options:
     calib_rows: int | None = None
     calib_samples: int | None = None
     group_ratios: tuple[str, ...] = ()
+    round_parts: bool = True
 
     def __post_init__(self) -> None:
         check_range("prune-channels", "ratio", self.ratio, 0.0, 1.0, hi_open=True)
@@ -162,12 +167,22 @@ def choose_atoms(analysis: Analysis, scores: np.ndarray, opts: Options, round_to
         if not prunable:
             continue
         n = len(g.atoms)
-        k = quota.get(g.id, 0)
-        keep = max(n - k, opts.min_channels, 1)
-        keep = min(n, int(math.ceil(keep / round_to)) * round_to)
-        k = min(n - keep, len(prunable))
-        chosen += analysis.take_lowest(prunable, scores, k, left)
+        k = min(quota.get(g.id, 0), n - max(opts.min_channels, 1), len(prunable))
+        if k <= 0:
+            continue
+        # the lowest k (never emptying a tensor), then each part's kept count rounded up:
+        # rounding only gives atoms back, so the removal stays safe
+        taken = analysis.take_lowest(prunable, scores, k, dict(left))
+        taken = analysis.round_removal(taken, scores, round_to, _parts(analysis, g, opts))
+        for a in taken:
+            for s, ix in analysis.atoms[a].elements.items():
+                left[s] -= len(ix)
+        chosen += taken
     return chosen
+
+
+def _parts(analysis: Analysis, g: Any, opts: Options) -> list[list[int]]:
+    return analysis.parts(g) if opts.round_parts else [list(g.atoms)]
 
 
 def refit_targets(analysis: Analysis, pruned: dict[str, np.ndarray]) -> tuple[set[str], dict[str, int]]:
@@ -274,20 +289,50 @@ def error_steps(analysis: Analysis, model: Model, scores: np.ndarray, opts: Opti
             no_estimate += 1
             continue
         n = len(g.atoms)
-        ks = [k for k in range(1, min(len(prunable), int(MAX_GROUP_CUT * n)) + 1)
-              if (n - k) % round_to == 0 and n - k >= opts.min_channels]
+        parts = _parts(analysis, g, opts)
+        ks, sets = _rounded_prefixes(prunable, parts, round_to, min(len(prunable), n - max(opts.min_channels, 1)),
+                                     MAX_GROUP_CUT * n)
         if not ks:
             continue
-        grid = sorted({0} | {ks[min(len(ks) - 1, round(j * (len(ks) - 1) / (CURVE_POINTS - 1)))]
-                             for j in range(CURVE_POINTS)})
+        sizes = [len(x) for x in sets]
+        grid = sorted({0} | {min(len(ks) - 1, round(j * (len(ks) - 1) / (CURVE_POINTS - 1))) + 1
+                             for j in range(CURVE_POINTS)})  # positions in [nothing] + sets
+        at: list[list[int]] = [[], *sets]
         err = np.zeros(len(grid))
         for node, s in cons:
-            gone_sets = [np.flatnonzero(np.isin(analysis.atom_of[s], prunable[:k])) for k in grid]
+            gone_sets = [np.flatnonzero(np.isin(analysis.atom_of[s], at[i])) for i in grid]
             err += np.asarray(rc.error_curve(grams[node.name], node, gone_sets))
-        e_k = [float(np.interp(k, grid, err)) for k in ks]
-        f_cum = np.cumsum(fl[prunable])
-        steps[g.id] = ([0] + ks, [0.0] + e_k, [0.0] + [float(f_cum[k - 1]) for k in ks])
+        grid_sizes = [0 if i == 0 else sizes[i - 1] for i in grid]
+        e_k = [float(np.interp(c, grid_sizes, err)) for c in sizes]
+        steps[g.id] = ([0] + ks, [0.0] + e_k, [0.0] + [float(fl[x].sum()) for x in sets])
     return steps, total, no_estimate
+
+
+def _rounded_prefixes(order: list[int], parts: list[list[int]], round_to: int, k_max: int,
+                      cut_max: float) -> tuple[list[int], list[list[int]]]:
+    """Every distinct removal that rounding (Analysis.round_removal) makes of the first k atoms
+    of ``order`` (sorted by score), k = 1..k_max, with at most ``cut_max`` atoms: the smallest
+    such k of each, and its atoms. Incremental, since each part's rounded count only grows
+    with k (choose_atoms turns that k back into the same atoms)."""
+    part_of = {a: i for i, cell in enumerate(parts) for a in cell}
+    size = [len(c) for c in parts]
+    taken: list[list[int]] = [[] for _ in parts]
+    final = [0] * len(parts)
+    total = 0
+    ks: list[int] = []
+    sets: list[list[int]] = []
+    for k, a in enumerate(order[:k_max], 1):
+        c = part_of[a]
+        taken[c].append(a)
+        kept = min(size[c], -(-(size[c] - len(taken[c])) // round_to) * round_to)
+        total += size[c] - kept - final[c]
+        final[c] = size[c] - kept
+        if total > cut_max:
+            break
+        if total > (len(sets[-1]) if sets else 0):
+            ks.append(k)
+            sets.append([x for i, t in enumerate(taken) for x in t[:final[i]]])
+    return ks, sets
 
 
 def allocate(steps: Steps, target: float) -> tuple[dict[int, int], float]:

@@ -22,6 +22,10 @@ from onnxprune.model import Model
 
 log = logging.getLogger(__name__)
 
+#: ops whose channel counts pick their kernel (NCHWc blocks, depthwise fast paths): a group's
+#: pieces that one of them reads or writes are rounded on their own (Analysis.parts)
+PART_OPS = ("Conv", "ConvTranspose")
+
 
 @dataclass
 class Atom:
@@ -71,6 +75,43 @@ class Analysis:
                 left[s] -= len(ix)
             taken.append(a)
         return taken
+
+    def parts(self, group: Group) -> list[list[int]]:
+        """The group's atoms cut into *parts*: the common refinement of the channel sets that
+        single convs read or write when that set is only a piece of the group (a Split's
+        outputs feeding a mixed-kernel depthwise conv each, the Concat inputs written by
+        grouped pointwise convs). Two atoms share a part when the same conv tensors carry
+        them; a group without pieces is one part. Each conv's channel count is then a sum of
+        whole parts, so rounding every part's kept count rounds every conv's."""
+        n = len(group.atoms)
+        conv_spaces = {m.space for m in self.ctx.members if m.op in PART_OPS}
+        where: dict[int, list[int]] = {a: [] for a in group.atoms}
+        for s in group.spaces:
+            if s not in conv_spaces:
+                continue
+            present = np.unique(self.atom_of[s])
+            if len(present) < n:
+                for a in present.tolist():
+                    where[a].append(s)
+        cells: dict[tuple[int, ...], list[int]] = {}
+        for a in group.atoms:
+            cells.setdefault(tuple(where[a]), []).append(a)
+        return list(cells.values())
+
+    def round_removal(self, removed: Sequence[int], scores: Any, round_to: int,
+                      parts: list[list[int]]) -> list[int]:
+        """``removed`` with the kept count of every part raised to a multiple of ``round_to``
+        (or to the whole part): the highest-scoring removed atoms of a part go back first.
+        A subset of ``removed``, so any removal that was safe stays safe."""
+        gone = set(removed)
+        out: list[int] = []
+        for cell in parts:
+            mine = sorted((a for a in cell if a in gone), key=lambda x: (scores[x], x))
+            kept = len(cell) - len(mine)
+            kept = min(len(cell), -(-kept // round_to) * round_to)
+            out += mine[: len(cell) - kept]
+        order = {a: i for i, a in enumerate(removed)}
+        return sorted(out, key=order.__getitem__)
 
     def to_dict(self) -> dict[str, Any]:
         groups = []
