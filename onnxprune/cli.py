@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, NoReturn, Sequence
 
 from onnxprune import __version__
-from onnxprune.errors import OnnxPruneError, PassCrash, UnsupportedError, UsageError
+from onnxprune.errors import OnnxPruneError, PassCrash, QualityError, UnsupportedError, UsageError
 
 PROG = "onnxprune"
 
@@ -44,7 +44,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Compress a trained ONNX model: run passes, verify, validate, report, save.",
                 epilog="Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad model file, 4 bad data, "
-                       "5 verification failed, 6 unsupported model, 7 quality gate failed. "
+                       "5 verification failed, 6 unsupported model, 7 quality gate failed or the auto pass "
+                       "missed its target (the --report files are still written, with the search's points; "
+                       "with --keep-best also the best point that held the quality budget, to -o). "
                        "Subcommands: 'onnxprune explain MODEL', 'onnxprune help PASS', 'onnxprune sensitivity MODEL'.")
     p.add_argument("model", nargs="?", help="input .onnx file (never modified)")
     p.add_argument("--passes", nargs="+", default=[], metavar="PASS",
@@ -78,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail (exit 7, nothing written) when top-1 on the evaluation data drops by more than POINTS")
     g.add_argument("--min-fidelity", type=float, metavar="C",
                    help="fail (exit 7, nothing written) when output cosine or top-1 agreement is below C (0..1)")
+    g.add_argument("--keep-best", action="store_true",
+                   help="when auto cannot meet its target (exit 7), still write the best point it found that held "
+                        "the quality budget to -o (none held it: no model); the reports are written either way")
     t = p.add_argument_group("target")
     t.add_argument("--target", default="auto", help="CPU to build for: auto (this machine), generic, avx2, avx2-vnni, "
                                                     "avx512, avx512-vnni (recorded in the report)")
@@ -111,6 +116,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--min-fidelity must be between 0 and 1")
     if args.no_validate and (args.max_drop is not None or args.min_fidelity is not None):
         raise UsageError("--max-drop/--min-fidelity need validation; drop --no-validate")
+    if args.keep_best and not args.output:
+        raise UsageError("--keep-best writes the best point to -o; give -o")
     from onnxprune.context import Target
 
     Target.named(args.target, args.threads)
@@ -356,12 +363,32 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
 
     before = cost(original)
     before["size_bytes"] = _input_size(Path(args.model))  # on disk, as the output is measured
+    started: list[str] = []  # the passes begun, so that a miss can name what ran and what did not
+
+    def stage(name: str) -> None:
+        started.append(name)
+        prog.stage(name)
+
+    miss: QualityError | None = None
     try:
         result, records = run_passes(original, passes, verify_each=not args.no_verify_each, cost=cost,
-                                     progress=prog.stage, ctx=ctx)
+                                     progress=stage, ctx=ctx)
+        pass_records = [r.to_dict() for r in records]
+        after = records[-1].cost_after if records and records[-1].cost_after else cost(result)
     except PassCrash as exc:
         raise _explain_crash(exc, original) from exc
-    after = records[-1].cost_after if records and records[-1].cost_after else cost(result)
+    except QualityError as exc:
+        if not hasattr(exc, "stats"):  # a quality error without a search behind it: nothing to report
+            raise
+        miss = exc
+        best = getattr(exc, "best_model", None)
+        if best is not None:  # built inside the search without the manager's per-pass check
+            from onnxprune.verify import verify
+
+            verify(best, original, pass_name=passes[len(started) - 1].name, previous=started[:-1])
+        result = best if best is not None else original
+        after = cost(result)
+        pass_records = _missed_records(exc, passes, started, after if best is not None else None)
     report: dict[str, Any] = {
         "tool": {"name": PROG, "version": __version__},
         "input": str(args.model),
@@ -372,11 +399,19 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
         "shapes": _shapes_used(original, shapes, args, ctx.calib_kind, plan.evaluation),
         "context": ctx.to_dict(),
         "data": plan.report,
-        "passes": [r.to_dict() for r in records],
+        "passes": pass_records,
     }
+    keep = miss is not None and args.keep_best and getattr(miss, "best_model", None) is not None
+    if miss is not None:
+        report["target_missed"] = {"pass": passes[len(started) - 1].name, "message": str(miss),
+                                   "best_point_written": keep, "exit_code": miss.exit_code}
+        if not keep:
+            report["output"] = None
     report["conventions"] = {"flops": "FLOPs = 2 x MACs for Conv/ConvTranspose/Gemm/MatMul, plus 1 per element for bias "
                                       "adds and elementwise ops; batch 1, inputs at " + report["shapes"]["text"]}
-    if plan.evaluation is not None:
+    if miss is not None and getattr(miss, "best_model", None) is None:
+        report["validation"] = {"skipped": "the search found no point within its quality budget: nothing to validate"}
+    elif plan.evaluation is not None:
         from onnxprune.validate import validate
 
         prog.stage("validating")
@@ -384,11 +419,15 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
                                         latency_runs=args.latency_runs, warmup=args.warmup,
                                         progress=prog.batches if prog.enabled else False)
         report["warnings"] += _quality_warnings(report["validation"])
-        _gate(report["validation"], args)
+        if miss is None:  # a missed target already fails the run (7); the gate adds nothing
+            _gate(report["validation"], args)
     else:
         report["validation"] = {"skipped": "--no-validate"}
     prog.stage("writing")
-    if args.output:  # the size the file will have, so that a renderer failure is found before anything is written
+    write_model = bool(args.output) and (miss is None or keep)
+    # the size the file will have (or the unwritten best point's), so that a renderer failure is found before
+    # anything is written
+    if write_model or miss is not None:
         with contextlib.suppress(Exception):  # protobuf cannot size a message over 2 GB: the file says later
             report["after"]["size_bytes"] = int(result.ByteSize())
     report["seconds"] = round(time.perf_counter() - t0, 3)
@@ -399,7 +438,7 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
     summary = render_text(report)
     mode = None
     ours: list[Path] = []  # files this run creates, removed again if a later write fails
-    if args.output:
+    if write_model:
         out = Path(args.output)
         data_file = out.with_name(out.name + ".data")
         ours = [out] + ([] if data_file.exists() else [data_file])
@@ -426,9 +465,46 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
         for d in report.get("diagnostics", []):
             print(f"note: {d}")
         print(summary, end="")
-        if args.output:
-            print(f"wrote {args.output}")
+        if write_model:
+            print(f"wrote {args.output}" + (" (the best point of a search that missed its target)" if keep else ""))
+    if miss is not None:
+        raise QualityError(_miss_line(miss, keep, args, written))
     return 0
+
+
+def _missed_records(exc: QualityError, passes: Sequence[Any], started: list[str],
+                    cost_after: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Pass records of a run whose search missed its target: the passes before it ran (their
+    own stats went down with the exception), the search's stats, and those after it, not run."""
+    from onnxprune.manager import options_dict
+
+    k = len(started) - 1
+    out: list[dict[str, Any]] = []
+    for i, p in enumerate(passes):
+        rec: dict[str, Any] = {"name": p.name, "options": options_dict(p.options), "seconds": 0.0, "cost_after": None}
+        if i < k:
+            rec.update(modified=None, stats={"note": "ran before the search; its stats are not kept when a search misses"})
+        elif i == k:
+            stats = exc.stats  # type: ignore[attr-defined]
+            rec.update(modified=getattr(exc, "best_model", None) is not None, stats=stats, cost_after=cost_after,
+                       seconds=float(stats.get("search_seconds") or 0.0))
+        else:
+            rec.update(modified=False, stats={"note": f"not run: {passes[k].name} missed its target"})
+        out.append(rec)
+    return out
+
+
+def _miss_line(exc: QualityError, keep: bool, args: argparse.Namespace, written: list[Path]) -> str:
+    """The one error line of a missed target: the search's verdict and what was written."""
+    wrote = [str(p) for p in written]
+    if keep:
+        wrote.insert(0, f"the best point to {args.output} (--keep-best)")
+    elif args.keep_best:
+        wrote.insert(0, "no model (no point held the quality budget)")
+    elif args.output:
+        wrote.insert(0, "no model (--keep-best writes the best point)")
+    what = ", ".join(wrote) if wrote else "nothing (--report writes the search's points)"
+    return f"{exc}; wrote {what}"
 
 
 def _shapes_used(model: Any, shapes: dict[str, tuple[int, ...]], args: argparse.Namespace,

@@ -5,11 +5,15 @@ Markdown and HTML files also the detail: the data and split the run used, what e
 pass removed where (its per-group / per-layer lists), and the cost of every layer before
 and after (``report["before"]["nodes"]`` joined by node name with ``["after"]``).
 
-Their first lines are the :func:`headline`: a collapse (top-1 or agreement fell, cosine
-below 0.9) and a weak validation (random data, dynamic dims at size 1) come before any
-table, because those are what a reader must not miss. The HTML embeds pictures
-(:mod:`onnxprune.plots`: per-layer FLOPs before/after, a bar per channel group) when
-matplotlib is installed.
+Their first lines are the :func:`headline`: a search that missed its target ("TARGET
+MISSED", with its best point), a collapse (top-1 or agreement fell, cosine below 0.9) and
+a weak validation (random data, dynamic dims at size 1) come before any table, because
+those are what a reader must not miss. The HTML embeds pictures (:mod:`onnxprune.plots`:
+per-layer FLOPs before/after, a bar per channel group, and every picture a pass puts in
+its ``stats["plots"]``, caption -> SVG: the auto pass's sensitivity curves, Pareto fronts
+and predicted vs measured speed-up) when matplotlib is installed. Those SVG strings stay
+out of the Markdown, the terminal text and the JSON: the JSON keeps only the names of the
+pictures a pass drew (``"plots": ["sensitivity", ...]``), the HTML being where they are seen.
 
 Numbers are rendered defensively: ``None`` is "-", NaN is "nan", never an exception:
 a report is rendered before the model is written, and a renderer must not be what
@@ -123,10 +127,45 @@ def warning_order(warnings: list[str]) -> list[str]:
 
 
 def headline(report: dict[str, Any]) -> list[str]:
-    """What a reader must see first: collapses, then weak-validation notes, then the rest."""
-    lines = [f"{_classify(w)}: {w}" for w in warning_order(list(report.get("warnings", [])))]
+    """What a reader must see first: missed targets, collapses, weak-validation notes, the rest."""
+    lines = missed_targets(report)
+    lines += [f"{_classify(w)}: {w}" for w in warning_order(list(report.get("warnings", [])))]
     summary = _summary(report)
     return lines + ([summary] if summary else [])
+
+
+_ACHIEVED = {"latency": "speedup", "flops": "flops_factor", "size": "size_factor"}
+
+
+def missed_targets(report: dict[str, Any]) -> list[str]:
+    """One "TARGET MISSED" line per pass whose stats say ``target_met: false`` (the auto
+    search): the target, the budget, the best point found and whether it was written."""
+    out = []
+    missed = report.get("target_missed") or {}
+    for i, p in enumerate(report.get("passes", [])):
+        st = p.get("stats") or {}
+        if st.get("target_met") is not False:
+            continue
+        objective = str(st.get("objective", "target"))
+        what = (f"{p.get('name', '?')} (pass {i + 1}) did not reach {objective} x{_g(st.get('target'), 'g')} within "
+                f"a drop of {_g(st.get('budget'), '.4g')} {st.get('budget_unit', '')}".rstrip())
+        chosen = st.get("chosen")
+        if chosen is not None and p.get("modified") is False:
+            chosen = None  # the search's pick was the original itself (nothing else held the budget)
+        if chosen:
+            best = (f"best point: x{_g(chosen.get(_ACHIEVED.get(objective, 'speedup')), '.3f')} {objective} "
+                    f"at a drop of {_g(chosen.get('drop'), '.4g')} (measured on the calibration data, "
+                    f"{len(st.get('points') or [])} points evaluated)")
+        else:
+            best = "no evaluated point held the quality budget: the best point is the original model"
+        if missed:
+            tail = ("; the best point was written (--keep-best)" if missed.get("best_point_written")
+                    else "; no model written" + ("" if chosen is None else " (--keep-best writes the best point)"))
+            tail += f"; exit {missed.get('exit_code', 7)}"
+        else:  # on-miss=best: the run went on with the best point
+            tail = "; the run went on with the best point (on-miss=best)" if chosen else ""
+        out.append(f"TARGET MISSED: {what}; {best}{tail}")
+    return out
 
 
 def _summary(report: dict[str, Any]) -> str:
@@ -172,8 +211,8 @@ def tables(report: dict[str, Any], *, detail: bool = False) -> list[Table]:
         out += _data_tables(report)
     prows = []
     for p in report.get("passes", []):
-        stats = {k: v for k, v in (p.get("stats") or {}).items()
-                 if isinstance(v, (int, float, str)) and not isinstance(v, bool) or k in ("folded", "reverted")}
+        stats = {k: v for k, v in (p.get("stats") or {}).items() if k != "plots" and
+                 (isinstance(v, (int, float, str)) and not isinstance(v, bool) or k in ("folded", "reverted"))}
         stats = dict(list(stats.items())[:8 if detail else 6])
         cost = p.get("cost_after") or {}
         row = [p.get("name", "?"), "yes" if p.get("modified") else "no", _si(cost.get("flops")),
@@ -279,10 +318,17 @@ def _pass_detail_tables(report: dict[str, Any]) -> list[Table]:
     for i, p in enumerate(report.get("passes", [])):
         where = f"{p.get('name', '?')} (pass {i + 1})"
         for key, value in (p.get("stats") or {}).items():
+            if key == "plots":  # pictures: the HTML draws them, no table shows SVG text
+                continue
             if _is_rows(value):
                 out.append(_rows_table(f"{where}: {key.replace('_', ' ')}", value))
+            elif key == "chosen" and isinstance(value, dict):  # the search's pick, one row
+                out.append(_rows_table(f"{where}: chosen point", [value]))
+            elif isinstance(value, list) and value and all(isinstance(x, str) for x in value):
+                out.append((f"{where}: {key.replace('_', ' ')}", [key.replace("_", " ")], [[x] for x in value]))
             elif isinstance(value, dict):
-                scalars = {k: v for k, v in value.items() if not isinstance(v, (list, dict))}
+                scalars = {k: v for k, v in value.items()  # never an SVG in a title
+                           if not isinstance(v, (list, dict)) and not (isinstance(v, str) and "<svg" in v)}
                 for sub, rows in value.items():
                     if _is_rows(rows):
                         note = f" ({_fmt(scalars)})" if scalars else ""
@@ -368,7 +414,8 @@ def _md(c: Any) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# onnxprune report: {Path(str(report.get('input', ''))).name}", ""]
-    lines += [f"**{_md(h)}**" if h.startswith(("COLLAPSE", "WEAK")) else _md(h) for h in headline(report)]
+    lines += [f"**{_md(h)}**" if h.startswith(("TARGET MISSED", "COLLAPSE", "WEAK")) else _md(h)
+              for h in headline(report)]
     lines.append("")
     if report.get("output"):
         lines += [f"Output: `{report['output']}`", ""]
@@ -406,7 +453,25 @@ def pictures(report: dict[str, Any]) -> list[tuple[str, str | None]]:
         svg = plots.bar_chart(labels, {"kept": kept, "removed": removed},
                               title=f"{p.get('name')}: channels kept and removed per group", ylabel="channels")
         out.append((f"{p.get('name')} (pass {i + 1}): channels per group", svg))
+    for i, p in enumerate(report.get("passes", [])):
+        drawn = (p.get("stats") or {}).get("plots")
+        if not isinstance(drawn, dict):
+            continue
+        for key, svg in drawn.items():
+            caption = f"{p.get('name')} (pass {i + 1}): {CAPTIONS.get(str(key), str(key).replace('_', ' '))}"
+            if svg is None and plots.available():
+                caption += " (nothing to draw)"
+            out.append((caption, svg if isinstance(svg, str) and "<svg" in svg else None))
     return out
+
+
+#: captions of the pictures the auto pass draws (any other key is shown by its name)
+CAPTIONS = {
+    "sensitivity": "sensitivity curves: calibration drop per group / layer at each ratio or rank",
+    "pareto_latency": "every evaluated point: measured speed-up vs drop (Pareto front, chosen point starred)",
+    "pareto_size": "every evaluated point: size vs drop (Pareto front, chosen point starred)",
+    "predicted_vs_measured": "predicted vs measured speed-up of every evaluated point",
+}
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -418,7 +483,7 @@ def render_html(report: dict[str, Any]) -> str:
              "padding:6px}figure{margin:1em 0}</style></head><body>",
              f"<h1>onnxprune report: {esc(Path(str(report.get('input', ''))).name)}</h1>"]
     for h in headline(report):
-        cls = "collapse" if h.startswith("COLLAPSE") else "weak" if h.startswith("WEAK") else ""
+        cls = "collapse" if h.startswith(("COLLAPSE", "TARGET MISSED")) else "weak" if h.startswith("WEAK") else ""
         parts.append(f"<p class='{cls}'>{esc(h)}</p>" if cls else f"<p>{esc(h)}</p>")
     if report.get("output"):
         parts.append(f"<p>Output: <code>{esc(str(report['output']))}</code></p>")
@@ -431,7 +496,9 @@ def render_html(report: dict[str, Any]) -> str:
     if pics:
         parts.append("<h2>Pictures</h2>")
         for caption, svg in pics:
-            if svg is None:
+            if svg is None and caption.endswith("(nothing to draw)"):
+                parts.append(f"<p>{esc(caption)}</p>")
+            elif svg is None:
                 parts.append(f"<p>{esc(caption)}: left out (install matplotlib: pip install onnxprune[plots])</p>")
             else:
                 parts.append(f"<figure>{svg}<figcaption>{esc(caption)}</figcaption></figure>")
@@ -443,7 +510,24 @@ def render_html(report: dict[str, Any]) -> str:
 
 def render_json(report: dict[str, Any]) -> str:
     # allow_nan=False would fail the run on a NaN metric; JSON has no NaN, so write null.
-    return json.dumps(_no_nan(report), indent=2, default=_json_default) + "\n"
+    return json.dumps(_no_nan(_plot_names(report)), indent=2, default=_json_default) + "\n"
+
+
+def _plot_names(report: dict[str, Any]) -> dict[str, Any]:
+    """The report with each pass's ``stats["plots"]`` (caption -> SVG) cut to the names of the
+    pictures drawn: SVG text is for the HTML, not for the machine-readable record."""
+    passes = report.get("passes")
+    if not isinstance(passes, list) or not any(isinstance((p.get("stats") or {}).get("plots"), dict)
+                                               for p in passes if isinstance(p, dict)):
+        return report
+    out = []
+    for p in passes:
+        st = p.get("stats") if isinstance(p, dict) else None
+        if isinstance(st, dict) and isinstance(st.get("plots"), dict):
+            st = {**st, "plots": [k for k, v in st["plots"].items() if isinstance(v, str) and "<svg" in v]}
+            p = {**p, "stats": st}
+        out.append(p)
+    return {**report, "passes": out}
 
 
 def _no_nan(o: Any) -> Any:

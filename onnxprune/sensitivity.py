@@ -12,6 +12,10 @@ outputs) once and scores every candidate it gets on the calibration split:
     drop = 100 · (top-1(original) − top-1(candidate))      with labels (points)
     drop = cosine(original) − cosine(candidate)            without (1 = identical)
 
+or, with ``metric="soft-accuracy"`` (what ``auto`` sweeps with when labels exist), the
+drop of the mean true-label probability in points: continuous, so a few dozen scoring
+images separate groups whose top-1 drops would all read 0 or ±1 flipped image.
+
 Pruning goes through ``prune-channels`` with ``group-ratios=SRC=R`` when that option
 exists (so the chosen criterion and reconstruction apply); without it, through a small
 internal per-group pruner (criterion scores, no reconstruction), and the table says so.
@@ -49,7 +53,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.allocate import Choice, Knob
-from onnxprune.context import Evaluator, PassContext
+from onnxprune.context import POINT_METRICS, Evaluator, PassContext
 from onnxprune.errors import UsageError
 from onnxprune.manager import Pass, PassManager, PassResult
 from onnxprune.model import Model, model_size_bytes
@@ -57,6 +61,8 @@ from onnxprune.model import Model, model_size_bytes
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+UNITS = {"accuracy": "points of top-1", "soft-accuracy": "points of true-label probability",
+         "agreement": "points of top-1 agreement", "cosine": "cosine"}
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 FAMILIES = ("prune", "lowrank")
 
@@ -212,6 +218,7 @@ def signatures(proto: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...
     shapes_in = {k: (1, *tuple(v)[1:]) for k, v in input_shapes.items()} or concrete_input_shapes(proto, batch=1)
     shapes = tensor_shapes(infer_shapes(with_input_shapes(proto, shapes_in)))
     inits = {t.name: t for t in proto.graph.initializer}
+    shapes.update(_run_shapes(proto, shapes_in, shapes, inits))
     out: dict[str, dict[str, Any]] = {}
     for i, node in enumerate(proto.graph.node):
         if node.op_type not in COMPUTE_OPS or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
@@ -238,6 +245,38 @@ def signatures(proto: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...
         sig["key"] = hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:20]
         out[node.name or f"{node.op_type}#{i}"] = sig
     return out
+
+
+def _concrete(shape: Any) -> bool:
+    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+
+
+def _run_shapes(proto: onnx.ModelProto, shapes_in: Mapping[str, tuple[int, ...]], shapes: Mapping[str, Any],
+                inits: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Input shapes of compute nodes that ONNX inference left symbolic, from one real run.
+
+    Exported transformers slice their position ids by a computed length, and ONNX shape
+    inference loses every dim after that (MiniLM: ``unk__0 x 128 x 384``), which would
+    leave the latency model and the low-rank candidates with nothing. One onnxruntime run
+    on zeros at ``shapes_in`` reads the real shapes (a shape that depends on the input
+    values is read at that zero input).
+    """
+    wanted = [n.input[0] for n in proto.graph.node
+              if n.op_type in COMPUTE_OPS and len(n.input) >= 2 and n.input[1] in inits and n.input[0]
+              and n.input[0] not in inits and not _concrete(shapes.get(n.input[0]))]
+    graph_inputs = [i for i in proto.graph.input if i.name not in inits]
+    if not wanted or not all(i.name in shapes_in for i in graph_inputs):
+        return {}
+    from onnxprune.activations import Tap
+
+    try:
+        feed = {i.name: np.zeros(shapes_in[i.name], helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+                for i in graph_inputs}
+        got = Tap(proto, wanted).run(feed)
+    except Exception as exc:  # the shapes stay unknown: those nodes are left out, as before
+        log.info("signatures: shapes from a run failed: %s", exc)
+        return {}
+    return {k: tuple(int(d) for d in np.shape(v)) for k, v in got.items()}
 
 
 def _node_model(sig: Mapping[str, Any], input_name: str, opset: int) -> onnx.ModelProto:
@@ -407,7 +446,7 @@ def _worker_init(shared: Mapping[str, Any]) -> dict[str, Any]:
     ctx = PassContext(calib=shared["calib"], target=shared["target"], input_shapes=shared["input_shapes"],
                       seed=shared["seed"], evaluator=ev, calib_kind=shared["calib_kind"])
     base = ev.baseline()
-    return {"proto": proto, "ctx": ctx, "base": base, "scale": 100.0 if ev.metric in ("accuracy", "agreement") else 1.0,
+    return {"proto": proto, "ctx": ctx, "base": base, "scale": 100.0 if ev.metric in POINT_METRICS else 1.0,
             "settings": shared["settings"], "round_to": shared["round_to"]}
 
 
@@ -496,7 +535,7 @@ def sweep(proto: onnx.ModelProto, ctx: PassContext, s: SweepSettings, *, workers
         rows.append({**dataclasses.asdict(c), **r})
     table = {
         "format": FORMAT, "key": key, "model_sha256": hashlib.sha256(model_bytes).hexdigest(), "metric": ev.metric,
-        "unit": "points of top-1" if ev.metric in ("accuracy", "agreement") else "cosine",
+        "unit": UNITS.get(ev.metric, "cosine"),
         "baseline": baseline, "samples": score_data.n_samples, "settings": s.to_dict(), "round_to": rt,
         "backend": prune_backend(s), "notes": notes, "base": {"sigs": {k: v["key"] for k, v in base_sigs.items()},
                                                              "size": model_size_bytes(proto),
@@ -648,6 +687,9 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.25])
     p.add_argument("--samples", type=int, help="calibration samples to score on (default: all)")
+    p.add_argument("--metric", default="auto", choices=["auto", "accuracy", "soft-accuracy", "cosine", "agreement"],
+                   help="what a drop is measured in (auto: top-1 with labels, else cosine; soft-accuracy: the "
+                        "true label's mean probability, continuous, steadier on few samples)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--executor", default="local", choices=["local", "ray"])
     p.add_argument("--threads", type=int, default=1)
@@ -665,7 +707,7 @@ def main(argv: Sequence[str]) -> int:
                         workers=a.workers, need_eval=False)
     settings = _settings_from_passes(a.passes, SweepSettings(ratios=tuple(a.ratios), fractions=tuple(a.fractions),
                                                              samples=a.samples))
-    table = sweep(proto, plan.ctx, settings, workers=a.workers, executor=a.executor)
+    table = sweep(proto, plan.ctx, settings, workers=a.workers, executor=a.executor, metric=a.metric)
     times = None if a.no_latency else layer_times(table, plan.ctx)[0]
     text = table_markdown(table, times)
     for w in plan.warnings:

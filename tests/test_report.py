@@ -179,3 +179,39 @@ def test_nested_per_layer_lists_become_tables():
     md = render_markdown(rep)
     assert "## prune-channels (pass 1): reconstruction layers (method=ls, samples=256)" in md
     assert "| conv2 | Conv | 0.65 | 0.61 |" in md
+
+
+def _auto_pass(met: bool, modified: bool = True) -> dict:
+    svgs = {k: f"<svg id='{k}'><circle r='1'/></svg>" for k in ("sensitivity", "pareto_latency", "pareto_size")}
+    svgs["predicted_vs_measured"] = None  # nothing to draw (or no matplotlib)
+    chosen = {"label": "round 2", "levels": {"prune:conv1": 0.25}, "speedup": 1.234, "drop": 0.4, "holds_quality": True}
+    return {"name": "auto", "options": {"speedup": 1.5}, "modified": modified, "seconds": 1.0, "cost_after": None,
+            "stats": {"objective": "latency", "target": 1.5, "budget": 1.0, "budget_unit": "points of top-1",
+                      "target_met": met, "chosen": chosen, "notes": ["round 3: allocation repeats an earlier one"],
+                      "points": [{"label": "original", "speedup": 1.0, "drop": 0.0}, chosen], "plots": svgs}}
+
+
+def test_pass_plots_in_html_only():
+    rep = _report(passes=[_auto_pass(met=True)])
+    html, md, js = render_html(rep), render_markdown(rep), render_json(rep)
+    for k in ("sensitivity", "pareto_latency", "pareto_size"):
+        assert f"<svg id='{k}'><circle r='1'/></svg>" in html  # the pass's own SVG, verbatim
+    assert "predicted vs measured speed-up" in html
+    assert "<svg" not in md and "<svg" not in render_text(rep) and "<svg" not in js
+    assert json.loads(js)["passes"][0]["stats"]["plots"] == ["sensitivity", "pareto_latency", "pareto_size"]
+    assert rep["passes"][0]["stats"]["plots"]["sensitivity"].startswith("<svg")  # the report dict is untouched
+    assert "auto (pass 1): chosen point" in md and "round 3: allocation repeats" in md
+    assert not any(h.startswith("TARGET MISSED") for h in headline(rep))
+
+
+def test_missed_target_is_the_first_line():
+    rep = _report(passes=[_auto_pass(met=False)])
+    first = headline(rep)[0]
+    assert first.startswith("TARGET MISSED: auto (pass 1) did not reach latency x1.5 within a drop of 1 points of top-1")
+    assert "best point: x1.234 latency at a drop of 0.4" in first and "on-miss=best" in first
+    assert render_markdown(rep).splitlines()[2].startswith("**TARGET MISSED")
+    rep["target_missed"] = {"pass": "auto", "best_point_written": True, "exit_code": 7}
+    assert "the best point was written (--keep-best); exit 7" in headline(rep)[0]
+    rep = _report(passes=[_auto_pass(met=False, modified=False)], target_missed={"best_point_written": False})
+    assert "the best point is the original model" in headline(rep)[0]
+    assert "class='collapse'>TARGET MISSED" in render_html(rep)
