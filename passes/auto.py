@@ -30,7 +30,9 @@ How (see :mod:`onnxprune.sensitivity` and :mod:`onnxprune.allocate`):
 The best point that meets both is returned; if none does, the model is left at the
 fastest point that holds the quality budget (the original if none) and, with
 ``on-miss=error`` (default), :class:`~onnxprune.errors.QualityError` (exit 7) is raised
-after the stats are recorded: the exception carries ``.stats`` and ``.best_model``.
+after the stats are recorded: the exception carries ``.stats`` and ``.best_model``. The CLI
+then writes the reports from those stats ("TARGET MISSED" first) and exits 7; with
+``--keep-best`` it also writes ``.best_model`` (None when no point held the budget).
 """
 from __future__ import annotations
 
