@@ -8,6 +8,14 @@ kept channels only) and Y the ORIGINAL model's output of that consumer at the sa
     [W; b] = argmin ‖[X 1]·[W; b] − Y‖² + λ‖W‖²,   λ = ridge · mean(diag XᵀX)
            = (XᵀX + λI | bias column)⁻¹ · [XᵀY; Σy]          (float64 Gram, streamed)
 
+The ridge strength is chosen per layer by 2-fold cross-validation over the calibration
+batches (fit on the even batches, measure on the odd, and back): λ from ridge × {0.1, 1, 10,
+100, 1000}, or no refit but the mean shift moved into the bias; the winner is refit on all
+rows. A layer with many rows per feature gets a weak ridge, a classifier after global
+pooling (one row per image) a strong one or the bias alone: one rule, judged on rows it
+was not fit on (``held_out=False``: ``ridge`` as given, bias only below
+MIN_ROWS_PER_FEATURE rows per feature).
+
 Consumers are refit front to back, in *waves*: a wave is a run of consecutive consumers
 none of which depends on another's output, so one pass over the data (through only the
 front of the model that the wave needs) gives all their statistics, and every later wave
@@ -263,13 +271,54 @@ def bias_corrected(g: Gram, theta: np.ndarray) -> np.ndarray:
     return out
 
 
-def rel_error(g: Gram, theta: np.ndarray) -> float:
-    """‖[X 1]Θ − Y‖² / ‖Y‖² from the streamed moments."""
+def sq_error(g: Gram, theta: np.ndarray) -> float:
+    """‖[X 1]Θ − Y‖² from the streamed moments."""
     a, bmat = _augmented(g)
     assert bmat is not None and g.yty_diag is not None
+    err = float(g.yty_diag.sum()) - 2.0 * float(np.sum(theta * bmat)) + float(np.sum(theta * (a @ theta)))
+    return max(err, 0.0)
+
+
+def rel_error(g: Gram, theta: np.ndarray) -> float:
+    """‖[X 1]Θ − Y‖² / ‖Y‖² from the streamed moments."""
+    assert g.yty_diag is not None
     yy = float(g.yty_diag.sum())
-    err = yy - 2.0 * float(np.sum(theta * bmat)) + float(np.sum(theta * (a @ theta)))
-    return max(err, 0.0) / yy if yy > 0 else 0.0
+    return sq_error(g, theta) / yy if yy > 0 else 0.0
+
+
+def merged(a: Gram, b: Gram) -> Gram:
+    """The Gram of both row sets (every moment is a sum over rows)."""
+    out = Gram(rows=a.rows + b.rows)
+    for f in ("xtx", "xty", "xsum", "ysum", "yty_diag"):
+        x, y = getattr(a, f), getattr(b, f)
+        setattr(out, f, x if y is None else y if x is None else x + y)
+    return out
+
+
+#: ridge strengths tried by the held-out choice, as multiples of Options.ridge
+RIDGE_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def _candidate(g: Gram, theta0: np.ndarray, ridge: float | None) -> np.ndarray:
+    return bias_corrected(g, theta0) if ridge is None else solve_ridge(g, ridge, theta0)
+
+
+def held_out_ridge(folds: Sequence[Gram], ridge: float, theta0: np.ndarray) -> tuple[float | None, float]:
+    """2-fold cross-validation over the calibration batches (even / odd): the ridge strength
+    (``ridge`` × :data:`RIDGE_GRID`, or None: the sliced weights with only their bias corrected)
+    whose fit on one fold leaves the least output error on the other, summed both ways; with that
+    held-out relative error. The ridge pulls towards the sliced weights, so a strong one is the
+    safe choice for a layer with few rows per feature (a classifier after global pooling) and a
+    weak one where the rows determine the layer: one rule for both, chosen on data not fit."""
+    best: tuple[float, float | None] = (np.inf, None)
+    yy = sum(float(f.yty_diag.sum()) for f in folds if f.yty_diag is not None)
+    for r in (None, *(ridge * m for m in RIDGE_GRID)):
+        err = 0.0
+        for fit, val in ((folds[0], folds[1]), (folds[1], folds[0])):
+            err += sq_error(val, _candidate(fit, theta0, r))
+        if err < best[0]:
+            best = (err, r)
+    return best[1], (best[0] / yy if yy > 0 else 0.0)
 
 
 # ---------------------------------------------------------------------------- the refit
@@ -283,9 +332,14 @@ class Options:
     samples: int | None = None  # calibration samples used (None: all)
     threads: int = 1
     seed: int = 0
+    #: choose each layer's ridge (ridge × RIDGE_GRID, or bias correction only) by 2-fold
+    #: cross-validation over the calibration batches; False: ``ridge`` as given, and bias
+    #: correction only below MIN_ROWS_PER_FEATURE rows per feature
+    held_out: bool = False
 
 
-def _batches(data: Dataset, samples: int | None) -> list[dict[str, np.ndarray]]:
+def calibration_batches(data: Dataset, samples: int | None) -> list[dict[str, np.ndarray]]:
+    """The first batches of ``data`` holding ``samples`` samples (all of them when None)."""
     if not samples:
         return list(data.batches)
     out, n = [], 0
@@ -333,7 +387,7 @@ def reconstruct(model: Any, original: onnx.ModelProto, pruned: Mapping[str, np.n
     t0 = time.perf_counter()
     graph: gs.Graph = model.graph
     nodes = consumers(graph, set(pruned), only)
-    batches = _batches(data, opts.samples)
+    batches = calibration_batches(data, opts.samples)
     report: dict[str, Any] = {"method": opts.method, "ridge": opts.ridge, "layers": [], "waves": 0,
                               "samples": sum(len(next(a for a in b.values() if np.ndim(a))) for b in batches)}
     if not nodes or not batches:
@@ -369,7 +423,7 @@ def reconstruct(model: Any, original: onnx.ModelProto, pruned: Mapping[str, np.n
         proto = model.to_onnx()
         want = [n.inputs[0].name if kinds[n.name] is not FitKind.BIAS else outs[n.name] for n in wave]
         tap = Tap(proto, want, opts.threads, optimize=True, prefix=True)
-        grams = {n.name: Gram() for n in wave}
+        folds = {n.name: (Gram(), Gram()) for n in wave}  # even / odd batches: the held-out ridge choice
         pruned_means: dict[str, ChannelMoments] = {}
         for b, feed in enumerate(batches):
             got = tap.run(feed)
@@ -379,7 +433,7 @@ def reconstruct(model: Any, original: onnx.ModelProto, pruned: Mapping[str, np.n
                     pruned_means.setdefault(n.name, ChannelMoments(axis=1 if n.op != "MatMul" else -1)).update(
                         got[outs[n.name]])
                 else:
-                    grams[n.name].update(plans[n.name].x_rows(got[n.inputs[0].name], b), targets[n.name][b])
+                    folds[n.name][b % 2].update(plans[n.name].x_rows(got[n.inputs[0].name], b), targets[n.name][b])
         del tap
         for n in wave:
             line: dict[str, Any] = {"name": n.name, "op": n.op, "fit": kinds[n.name].value}
@@ -388,14 +442,18 @@ def reconstruct(model: Any, original: onnx.ModelProto, pruned: Mapping[str, np.n
                 add_to_bias(graph, n, delta)
                 line["mean_shift"] = round(float(np.sqrt(np.mean(delta ** 2))), 6)
             else:
-                g = grams[n.name]
+                g = merged(*folds[n.name])
                 theta0 = theta_of(n, kinds[n.name])
                 before = rel_error(g, theta0)
-                if determined(g):
-                    theta = solve_ridge(g, opts.ridge, theta0)
+                if opts.held_out and min(f.rows for f in folds[n.name]) > 0:
+                    ridge, line["rel_error_held_out"] = held_out_ridge(folds[n.name], opts.ridge, theta0)
+                    line["ridge"] = ridge
+                    line["rel_error_held_out"] = round(line["rel_error_held_out"], 6)
                 else:
-                    theta = bias_corrected(g, theta0)
-                    line["fit"] = "bias (under-determined)"
+                    ridge = opts.ridge if determined(g) else None
+                theta = _candidate(g, theta0, ridge)
+                if ridge is None:
+                    line["fit"] = "bias" + ("" if determined(g) else " (under-determined)")
                 after = rel_error(g, theta)
                 if after <= before:
                     write_theta(graph, n, kinds[n.name], theta)
@@ -420,7 +478,7 @@ def input_grams(original: onnx.ModelProto, nodes: Sequence[gs.Node], data: Datas
     nodes = [n for n in nodes if _features(n) <= MAX_FEATURES]
     if not nodes:
         return {}
-    batches = _batches(data, samples)
+    batches = calibration_batches(data, samples)
     per_batch = max(16, rows // len(batches))
     rng = np.random.default_rng(seed)
     grams = {n.name: Gram() for n in nodes}

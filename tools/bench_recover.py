@@ -67,11 +67,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--calib-samples", type=int, default=64, help="calibration samples of the Grams and the refit")
     ap.add_argument("--ridge", type=float, default=1e-3)
+    ap.add_argument("--refits", type=_list, default=[],
+                    help="extra ls rows on the same choice: RIDGE:ROWS[:fixed] (ROWS: refit rows per consumer in "
+                         "all; fixed: that ridge everywhere instead of the held-out choice)")
+    ap.add_argument("--fixed-ridge", action="store_true", help="the refit's ridge as given, no held-out choice")
     ap.add_argument("--latency-runs", type=int, default=20)
     ap.add_argument("--latency-repeats", type=int, default=3)
     ap.add_argument("--acc-threads", type=int, default=2)
-    ap.add_argument("--onnxsim", action="store_true", help="onnxsim wanda + finetune rows (slow)")
-    ap.add_argument("--onnxsim-samples", type=int, default=32)
+    ap.add_argument("--onnxsim", action="store_true", help="onnxsim wanda + finetune (+ bn_recovery) rows")
+    ap.add_argument("--onnxsim-samples", type=int, default=256, help="calibration samples given to onnxsim")
+    ap.add_argument("--bn-samples", type=int, default=64, help="calibration samples of onnxsim's bn_recovery")
+    ap.add_argument("--no-ours", action="store_true", help="only the original (and --onnxsim) rows")
     ap.add_argument("--out", type=Path, default=bl.DOCS)
     ap.add_argument("--stem", default="recover")
     return ap.parse_args(argv)
@@ -159,7 +165,8 @@ class Prepared:
         atoms, _ = self.atoms(ratio, "none")
         return 1.0 - float(self.fl[atoms].sum()) / self.total
 
-    def build(self, atoms: list[int], method: str) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    def build(self, atoms: list[int], method: str, ridge: float | None = None, rows: int | None = None,
+              held_out: bool | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
         from onnxprune import reconstruct as rc
         from onnxprune.channels import analyze, apply_removal
         from onnxprune.model import Model
@@ -173,8 +180,11 @@ class Prepared:
         if method != "none":
             only, axes = self.pc.refit_targets(an, pruned)
             rep = rc.reconstruct(m, self.b.base, pruned, self.b.calib,
-                                 rc.Options("ls", self.opts.ridge, self.pc._rows(self.opts, self.b.calib),
-                                            self.opts.calib_samples, 1, 0), only=only, axes=axes)
+                                 rc.Options("ls", self.opts.ridge if ridge is None else ridge,
+                                            rows or self.pc._rows(self.opts, self.b.calib),
+                                            self.opts.calib_samples, 1, 0,
+                                            not self.b.args.fixed_ridge if held_out is None else held_out),
+                                 only=only, axes=axes)
             m.refresh_shapes()
         return m.to_onnx(), rep
 
@@ -228,10 +238,13 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
     criteria = list(args.criteria) if name in args.full else [args.best]
     if args.greedy:
         criteria += [c for c in ("thinet", "car") if c in CRITERIA and name in args.full]
-    opts0 = pc.Options(criterion=args.best, scope=args.scope, latency_guard=False, calib_samples=args.calib_samples)
+    opts0 = pc.Options(criterion=args.best, scope=args.scope, latency_guard=False, ridge=args.ridge,
+                       calib_samples=args.calib_samples)
     grams = pc._Grams(b.base, b.ctx, opts0)
     info: dict[str, Any] = {"criteria": {}}
     scopes = [(c, args.scope) for c in criteria] + ([(args.best, "local")] if args.uniform else [])
+    if args.no_ours:
+        scopes = []
     for crit, scope in scopes:
         prep = Prepared(b, crit, grams, scope)
         if not grams.grams:
@@ -251,13 +264,22 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
                 t2 = time.perf_counter()
                 atoms, st = prep.atoms(ratio, method)
                 proto, rep = prep.build(atoms, method)
-                row = {"criterion": crit, "scope": scope, "method": method, "target": target, "ratio": round(ratio, 4),
+                label = method + (" fixed-ridge" if method == "ls" and args.fixed_ridge else "")
+                row = {"criterion": crit, "scope": scope, "method": label, "target": target, "ratio": round(ratio, 4),
                        "channels_removed": len(atoms), "search_seconds": round(search, 1),
                        "seconds": round(time.perf_counter() - t2, 1), **_layers_summary(rep)}
                 if "allocation" in st:
                     row["allocation"] = {k: v for k, v in st["allocation"].items() if k != "group_error_estimate"}
                 b.measure(row, proto)
-    info["gram_seconds"] = round(grams.seconds, 2)
+                if method == "ls":
+                    for spec in args.refits:
+                        ridge, rows, *fixed = spec.split(":")
+                        t2 = time.perf_counter()
+                        proto, rep = prep.build(atoms, method, float(ridge), int(rows), not fixed)
+                        label = f"ls ridge={float(ridge):g}{' fixed' if fixed else ''} rows={rows}"
+                        b.measure({**row, "method": label, "ridge": float(ridge), "rows": int(rows),
+                                   "seconds": round(time.perf_counter() - t2, 1), **_layers_summary(rep)}, proto)
+    info["gram_seconds"] = round(grams.seconds, 2) if scopes else None
     # the pass itself, once: same choice and refit as the shared-statistics path above
     best = [i for i, r in enumerate(b.rows) if r.get("criterion") == args.best and r.get("method") == "ls"
             and r.get("scope") == args.scope and r.get("valid")]
@@ -282,42 +304,89 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
 
 
 def onnxsim_rows(b: Bench, args: argparse.Namespace) -> None:
-    """onnxsim's structured Wanda pruning + its least-squares finetune, at sparsities that match each target."""
+    """onnxsim 0.8.1's own recipe at sparsities that match each target: ``apply_structured_wanda_pruning``
+    (``||W_row||·||X||`` per channel, the same sparsity in every matched chain), then
+    ``apply_pruning_finetune`` (ridge refit of the surviving MatMul/Gemm layers to the original's
+    activations), then ``recover_batch_norm(target_model=original)`` (a BatchNormalization after every
+    Conv, its statistics and affine set so each channel's output mean/std match the original's),
+    folded back into the convs by ``onnxsim.simplify`` so that FLOPs and latency are comparable."""
     import onnxsim
 
     from onnxprune.cost import model_cost
+    from onnxprune.reconstruct import calibration_batches
 
-    calib = [dict(x) for x in b.calib.batches][: max(1, args.onnxsim_samples // b.batch)]
+    calib = [dict(x) for x in calibration_batches(b.calib, args.onnxsim_samples)]
     raw = onnx.load(str(bl.ZOO / "models" / f"{b.name}.onnx"))
+
+    def fail(target: float, method: str, exc: BaseException) -> None:
+        b.rows.append({"criterion": "onnxsim-wanda", "method": method, "target": target, "valid": False,
+                       "error": bl.first_line(exc)})
+        print(f"  [{b.name}] onnxsim {method} target {target}: {bl.first_line(exc)}", flush=True)
+
     for target in args.targets:
         lo, hi, best = 0.0, 0.9, None
         t0 = time.perf_counter()
-        for _ in range(6):
-            mid = 0.5 * (lo + hi)
-            try:
-                p = onnxsim.apply_structured_wanda_pruning(raw, calibration_data=calib, sparsity=mid)
-                frac = model_cost(p).flops / b.flops0
-            except Exception as exc:  # report, do not stop the benchmark
-                b.rows.append({"criterion": "onnxsim-wanda", "method": "finetune", "target": target, "valid": False,
-                               "error": bl.first_line(exc)})
-                best = None
-                break
-            if frac <= target:
-                hi, best = mid, p
-            else:
-                lo = mid
-        if best is None:
+        try:
+            # bisection on the sparsity, the FLOPs fraction at or below the target: every matched chain
+            # loses the same fraction whatever the ranking, so the FLOPs do not depend on the data and
+            # one batch serves the search; the chosen sparsity is then pruned with all the samples
+            for _ in range(7):
+                mid = 0.5 * (lo + hi)
+                p = onnxsim.apply_structured_wanda_pruning(raw, calibration_data=calib[:1], sparsity=mid)
+                if model_cost(p).flops / b.flops0 <= target:
+                    hi, best = mid, p
+                else:
+                    lo = mid
+            if best is not None:
+                best = onnxsim.apply_structured_wanda_pruning(raw, calibration_data=calib, sparsity=hi)
+                if model_cost(best).flops / b.flops0 > target:
+                    raise RuntimeError(f"sparsity {hi}: the FLOPs depend on the calibration data")
+        except Exception as exc:  # report, do not stop the benchmark
+            fail(target, "none", exc)
             continue
+        if best is None:
+            fail(target, "none", RuntimeError(f"no sparsity up to {hi} reaches the target"))
+            continue
+        base = {"criterion": "onnxsim-wanda", "scope": "onnxsim", "target": target, "ratio": round(hi, 4),
+                "samples": sum(len(next(iter(x.values()))) for x in calib)}
+        b.measure({**base, "method": "none", "seconds": round(time.perf_counter() - t0, 1)}, best)
+        t1 = time.perf_counter()
         try:
             tuned = onnxsim.apply_pruning_finetune(raw, best, calibration_data=calib)
         except Exception as exc:
-            b.rows.append({"criterion": "onnxsim-wanda", "method": "finetune", "target": target, "valid": False,
-                           "error": bl.first_line(exc)})
+            fail(target, "finetune", exc)
             continue
-        b.measure({"criterion": "onnxsim-wanda", "method": "none", "target": target, "ratio": round(hi, 4),
-                   "seconds": round(time.perf_counter() - t0, 1)}, best)
-        b.measure({"criterion": "onnxsim-wanda", "method": "finetune", "target": target, "ratio": round(hi, 4),
-                   "seconds": round(time.perf_counter() - t0, 1)}, tuned)
+        b.measure({**base, "method": "finetune", "seconds": round(time.perf_counter() - t1, 1)}, tuned)
+        # bn_recovery after every conv (the documented default), once per model: it matches each channel's
+        # output mean/std to the original's, and a pruned conv has fewer channels than its original; then
+        # at every target after the convs whose output channels were all kept (a per-channel affine
+        # correction of the layers that read pruned tensors, e.g. mobilenetv2's projections)
+        kept = _same_width_convs(raw, tuned)
+        for method, names in ([("finetune+bn", None)] if target == args.targets[0] else []) + [
+                ("finetune+bn(kept)", kept)]:
+            t2 = time.perf_counter()
+            try:
+                rec = onnxsim.recover_batch_norm(tuned, conv_output_names=names, target_model=raw,
+                                                 calibration_data=calib[: max(1, args.bn_samples // b.batch)])
+                folded, ok = onnxsim.simplify(rec)
+                if not ok:
+                    raise RuntimeError("onnxsim.simplify's check failed on the recovered model")
+            except Exception as exc:
+                fail(target, method, exc)
+                continue
+            b.measure({**base, "method": method, "bn_convs": "all" if names is None else len(names),
+                       "bn_samples": min(args.bn_samples, base["samples"]),
+                       "seconds": round(time.perf_counter() - t2, 1)}, folded)
+
+
+def _same_width_convs(raw: onnx.ModelProto, pruned: onnx.ModelProto) -> list[str]:
+    """Output names of the pruned model's Convs whose weight has as many output channels as the original's."""
+    def widths(m: onnx.ModelProto) -> dict[str, int]:
+        inits = {t.name: t.dims[0] for t in m.graph.initializer if t.dims}
+        return {n.output[0]: inits[n.input[1]] for n in m.graph.node if n.op_type == "Conv" and n.input[1] in inits}
+
+    before = widths(raw)
+    return [o for o, w in widths(pruned).items() if before.get(o) == w]
 
 
 def latency(b: Bench, args: argparse.Namespace) -> None:
@@ -373,21 +442,46 @@ def render(result: dict[str, Any], env: dict[str, Any]) -> str:
                   and not r["criterion"].startswith("onnxsim") and r["flops_frac"] <= 1 - cut + 1e-9
                   and r.get("latency_ratio", 0.0) <= 1.0]  # rows read from a log have no latency: not excluded
             best = max(ok, key=lambda r: r["top1"], default=None)
+            sim = [r for r in m["rows"] if r.get("valid") and r["criterion"].startswith("onnxsim")
+                   and r.get("flops_frac") is not None and r["flops_frac"] <= 1 - cut + 1e-9]
+            sbest = max(sim, key=lambda r: r["top1"], default=None)
+            scell = ("" if sbest is None else f"{sbest['method']} at {bl.pct(sbest['flops_frac'])} %: "
+                     f"{100 * sbest['top1'] - base:+.1f}")
             if best is None:
-                summary.append([model, f"≥{100 * cut:.0f} % fewer FLOPs within {pts} pt", "no row", "", "MISSED"])
+                summary.append([model, f"≥{100 * cut:.0f} % fewer FLOPs within {pts} pt", "no row", "", "MISSED", scell])
                 continue
             delta = 100 * best["top1"] - base
             summary.append([model, f"≥{100 * cut:.0f} % fewer FLOPs within {pts} pt",
                             f"{best['criterion']}/{best['method']} at {bl.pct(best['flops_frac'])} % FLOPs"
                             + ("" if "latency_ratio" in best else " (latency not measured)"),
-                            f"{delta:+.1f}", "met" if delta >= -pts else f"MISSED by {-pts - delta:.1f} pt"])
+                            f"{delta:+.1f}", "met" if delta >= -pts else f"MISSED by {-pts - delta:.1f} pt", scell])
     out += ["## Targets", "", "Best row (latency ratio ≤ 1) at or below each FLOPs level:", "",
-            bl.md_table(["model", "target", "best row", "Δ top-1", "result"], summary), "",
+            bl.md_table(["model", "target", "best row", "Δ top-1", "result", "onnxsim 0.8.1 best (Δ top-1)"], summary), "",
             "## Anchors (mobilenetv2, from the issue)", "",
             "A 200-line prototype (uniform pruning of the expanded channels by a data score, block-by-block ridge "
             "refit of each projection conv on 200 images): 77.3 % at 91.6 % FLOPs and 68.1 % at 82.8 %; plain "
             "pruning 46.0 % and 0.5 % (its own evaluation set and baseline 83.4 %; rows above are on the 744-image split).", ""]
     return "\n".join(x for x in out if x is not None)
+
+
+def merge_models(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per model: the rows of later parts are appended to the first part's (their
+    "(original)" row dropped; each row keeps the latency ratio measured in its own run, against
+    the original timed interleaved in that run)."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for m in part["models"]:
+            run = "" if part.get("parts") else part["env"]["command"]  # a merged part: rows say their run, or not
+            rows = [{**r, "run": r.get("run", run)} for r in m["rows"]]
+            if m["model"] not in out:
+                out[m["model"]] = {**m, "rows": rows, "criteria": dict(m.get("criteria") or {})}
+                continue
+            first = out[m["model"]]
+            first["rows"] += [r for r in rows if r.get("criterion") != "(original)"]
+            first["criteria"].update(m.get("criteria") or {})
+            if "pass_check" in m and "pass_check" not in first:
+                first["pass_check"] = m["pass_check"]
+    return list(out.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,9 +491,10 @@ def main(argv: list[str] | None = None) -> int:
         import json
 
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
-        result = {"env": env, "parts": [p["env"] for p in parts], "models": [m for p in parts for m in p["models"]],
+        result = {"env": env, "parts": [p["env"] for p in parts], "models": merge_models(parts),
                   "seconds": sum(p.get("seconds", 0) for p in parts)}
-        cmds = "\n".join(f"* part: `{p['env']['command']}` ({p.get('seconds', 0):.0f} s)" for p in parts)
+        cmds = "\n".join(f"* part: `{e['command']}` ({p.get('seconds', 0):.0f} s)" for p in parts
+                         for e in (p.get("parts") or [p["env"]]))
         bl.write_report(args.stem, render(result, env) + "\n\nProduced by (run side by side):\n\n" + cmds + "\n",
                         result, args.out)
         return 0
