@@ -446,7 +446,8 @@ def render(result: dict[str, Any], env: dict[str, Any]) -> str:
                    and r.get("flops_frac") is not None and r["flops_frac"] <= 1 - cut + 1e-9]
             sbest = max(sim, key=lambda r: r["top1"], default=None)
             scell = ("" if sbest is None else f"{sbest['method']} at {bl.pct(sbest['flops_frac'])} %: "
-                     f"{100 * sbest['top1'] - base:+.1f}")
+                     f"{100 * sbest['top1'] - base:+.1f}"
+                     + (f" (latency {sbest['latency_ratio']:.2f})" if "latency_ratio" in sbest else ""))
             if best is None:
                 summary.append([model, f"≥{100 * cut:.0f} % fewer FLOPs within {pts} pt", "no row", "", "MISSED", scell])
                 continue
