@@ -463,6 +463,9 @@ class PruneChannels(Pass):
             "prunable_groups": sum(1 for g in analysis.groups if analysis.prunable_atoms(g)),
             "blocked": [{"sources": g.sources, "node": n, "reason": r} for g in analysis.groups for n, r in g.blocked[:1]],
         }
+        if analysis.ctx.not_sources:
+            node, why = analysis.ctx.not_sources[0]
+            stats["not_sources"] = f"{len(analysis.ctx.not_sources)} conv(s) not pruned: {why} (e.g. {node})"
         stats.update(crit_stats)
         tried: list[dict[str, Any]] = []
         while True:

@@ -129,6 +129,7 @@ class Analysis:
             "groups": groups,
             "n_groups": len(groups),
             "n_prunable_groups": sum(1 for g in self.groups if self.prunable_atoms(g)),
+            "not_sources": [{"node": n, "reason": r} for n, r in self.ctx.not_sources],
             "seconds": round(self.seconds, 4),
         }
 

@@ -33,9 +33,14 @@ def _group_ties(ctx: Context, x_sp, y_sp, g: int) -> None:
 class ConvHandler:
     def seed(self, node: gs.Node, ctx: Context) -> None:
         w = ctx.const(node.inputs[1])
-        if w is None or node.domain:
+        if node.domain:
+            return
+        if w is None:
+            # e.g. NFNet's weight standardisation left as nodes (a model too large to fold)
+            ctx.not_sources.append((node.name, "weight computed at run time, not a constant"))
             return
         if len(node.inputs) > 2 and node.inputs[2].name and ctx.const(node.inputs[2]) is None:
+            ctx.not_sources.append((node.name, "bias computed at run time, not a constant"))
             return
         g = int(node.attrs.get("group", 1))
         # grouped: the input's channels are tied to the output's, so its space comes first

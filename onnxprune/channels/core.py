@@ -128,6 +128,8 @@ class Context:
     queue: list[Space] = field(default_factory=list)
     space_links: list[tuple[int, int]] = field(default_factory=list)
     arriving: Space | None = None  # the space whose node is being analysed
+    #: (node, reason) of weight layers that could not be sources: their channels are never pruned
+    not_sources: list[tuple[str, str]] = field(default_factory=list)
 
     # --- reading the graph -------------------------------------------------------
     @staticmethod
