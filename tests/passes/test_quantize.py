@@ -291,3 +291,24 @@ def test_matmul_head_with_2d_bias_quantizes_and_runs(capsys):
     assert rec[0].modified and rec[0].stats["prepared"].get("bias_adds_flattened") == 1
     check_close(m, out)
     assert "Collecting" not in capsys.readouterr().out  # onnxruntime's calibration prints stay out of stdout
+
+
+def test_calibration_is_chunked_and_minmax_ranges_unchanged():
+    """onnxruntime keeps every intermediate output of the data it gets before reducing it:
+    the reader hands it at most CALIB_CHUNK samples at a time (mobilenetv2 with 256 samples
+    at once went past 14 GB), and MinMax ranges merged over chunks equal the whole-set ones."""
+    from onnxprune.passes import quantize as q
+
+    r = q._Reader([{"x": np.zeros((40, 3, 12, 12), np.float32)}, {"x": np.zeros((3, 3, 12, 12), np.float32)}], {"x"})
+    assert [b["x"].shape[0] for b in r.batches] == [16, 16, 8, 3]
+    m = small_cnn()
+    x = np.random.default_rng(3).standard_normal((48, 3, 12, 12)).astype(np.float32)
+    outs = []
+    for batches in ([{"x": x}], [{"x": x[i:i + 4]} for i in range(0, 48, 4)]):
+        ds = Dataset(batches, None, "t")
+        out, _ = run_passes(m, ["quantize:calibrate=minmax,exclude=none"],
+                            ctx=PassContext(calib=ds, calib_kind="data", evaluator=Evaluator(m, ds)))
+        outs.append({t.name: numpy_helper.to_array(t) for t in out.graph.initializer})
+    assert outs[0].keys() == outs[1].keys()
+    for k in outs[0]:
+        np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
