@@ -10,7 +10,15 @@ size, and whether auto said the target was met; beside the best uniform prune-ch
 ratio that reaches at least the same measured speed-up. The sensitivity sweep is timed
 with 1 and 2 workers (fresh caches) on ``--timing-model``.
 
+MiniLM (``--models minilm``, see :func:`run_minilm`): the zoo's STS-B half-a pairs split by
+pair (seed 0, ``benchlib_nlp.split_pairs``): 200 pairs give 256 calibration sentences, the
+other 490 pairs are the evaluation set. The budget is output fidelity (``min-cosine``), the
+threshold calibrated on the calibration pairs only (the cosine at which STS-B Spearman on
+them falls by 1 point); the reported drop is STS-B Spearman x100 on the evaluation pairs.
+
     python tools/bench_auto.py [--models mobilenetv2 ...] [--targets 1.2 1.3 1.5 2.0] [--quick]
+    python tools/bench_auto.py --models minilm
+    python tools/bench_auto.py --report-only --models mobilenetv2 efficientnet-lite0 squeezenet1.1 minilm
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bench_auto_minilm  # noqa: E402
 import benchlib  # noqa: E402
 
 from onnxprune.api import prepare_data, run_passes  # noqa: E402
@@ -62,6 +71,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="sweep workers inside auto")
     ap.add_argument("--report-only", action="store_true",
                     help="merge the per-model results in build/bench-cache/auto/*.result.json into the report")
+    bench_auto_minilm.add_arguments(ap)
     a = ap.parse_args()
     env = benchlib.environment()
     cache = benchlib.CACHE / "auto"
@@ -84,10 +94,13 @@ def main() -> int:
                                                    "quantize" not in r["methods"]] if "run 2" in label else \
                             [{**r, "methods": r["methods"] + label} for r in prev["rows"]]
                 results.setdefault("commands", []).append(part["environment"]["command"])
-        write(results, a.stem, sum(r["seconds"] for r in results["models"].values()))
+        write(results, a.stem, sum(r.get("seconds", 0) for r in results["models"].values()))
         return 0
     t_all = time.perf_counter()
     for name in a.models:
+        if name == "minilm":
+            results["models"][name] = bench_auto_minilm.run_minilm(a, env, cache, save)
+            continue
         t_model = time.perf_counter()
         proto = load_model(benchlib.ZOO / "models" / f"{name}.onnx")
         plan = prepare_data(proto, data=benchlib.ZOO / "data" / "imagenet-sample", recipe=RECIPES[name], batch_size=32,
@@ -166,7 +179,7 @@ def _fmt(x: float | None, d: int = 2) -> str:
 
 
 def write(results: dict[str, Any], stem: str, seconds: float) -> None:
-    lines = ["# auto: compression to a budget (speed-up target, at most 1 point of top-1)", ""]
+    lines = ["# auto: compression to a budget (speed-up target, at most 1 point of top-1 or of STS-B)", ""]
     lines += benchlib.env_lines(results["environment"])
     for c in results.get("commands", []):
         lines.append(f"* per-model command: `{c}`")
@@ -182,6 +195,9 @@ def write(results: dict[str, Any], stem: str, seconds: float) -> None:
         "Rows at size 100 % are the original model returned unchanged: their speed-up shows the timing noise "
         "of the shared machine (load average 12-18 on 2 cores during this run).", ""]
     for name, r in results["models"].items():
+        if r.get("kind") == "minilm":
+            lines += bench_auto_minilm.section(r)
+            continue
         lines += [f"## {name}", "", f"Evaluation top-1 of the original: {100 * r['eval_top1']:.2f} % "
                   f"({r['split']['evaluation']} images). Model time {r['seconds'] / 60:.1f} min."]
         if "sweep_seconds_1_workers" in r:
