@@ -44,7 +44,7 @@ from typing import Any, Literal
 import onnx
 
 from onnxprune.allocate import Choice, Knob, max_gain, min_loss
-from onnxprune.context import Evaluator, PassContext
+from onnxprune.context import POINT_METRICS, Evaluator, PassContext
 from onnxprune.errors import QualityError, UsageError
 from onnxprune.executor import EXECUTORS
 from onnxprune.manager import Pass, PassResult, check_range
@@ -90,6 +90,7 @@ class Options:
     round-to: kept channels rounded up to a multiple of this (default: the target's vector width)
     protect: node-name glob patterns never pruned
     samples: calibration samples used to score sweep candidates (default: all)
+    sweep-metric: what the sweep measures drops in: auto (the acceptance metric) or soft-accuracy (true-label probability; continuous, steadier on few samples)
     rounds: most build-and-measure rounds of the back-off search
     executor: where the sweep's candidates run: local or ray
     workers: parallel sweep workers (default: the context's workers)
@@ -112,6 +113,7 @@ class Options:
     round_to: int | None = None
     protect: tuple[str, ...] = ()
     samples: int | None = None
+    sweep_metric: Literal["auto", "soft-accuracy"] = "auto"
     rounds: int = 6
     executor: Literal["local", "ray"] = "local"
     workers: int | None = None
@@ -128,6 +130,8 @@ class Options:
         check_range("auto", "max-drop", self.max_drop, 0.0, 100.0)
         check_range("auto", "min-cosine", self.min_cosine, -1.0, 1.0)
         check_range("auto", "rounds", self.rounds, 1, 100)
+        if self.sweep_metric not in ("auto", "soft-accuracy"):
+            raise UsageError(f"pass auto: sweep-metric must be auto or soft-accuracy, got {self.sweep_metric!r}")
         check_range("auto", "latency-runs", self.latency_runs, 3, 10_000)
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
@@ -219,7 +223,7 @@ class _Search:
         self.original = model.to_onnx()
         self.ev = ctx.evaluator if ctx.evaluator is not None else Evaluator(self.original, calib, threads=ctx.target.threads)
         self.base = self.ev.baseline()
-        self.scale = 100.0 if self.ev.metric in ("accuracy", "agreement") else 1.0
+        self.scale = 100.0 if self.ev.metric in POINT_METRICS else 1.0
         self.budget = o.max_drop if self.scale == 100.0 else max(self.base - o.min_cosine, 0.0)
         self.objective, self.target = o.target()
         self.feed = batch1_feed(ctx)
@@ -247,7 +251,9 @@ class _Search:
                 self.settings = SweepSettings.from_dict(table["settings"])
                 self.round_to = int(table["round_to"])
             else:
-                table = sweep(self.original, ctx, self.settings, workers=o.workers, executor=o.executor)
+                # soft-accuracy only where the acceptance metric is top-1 (it needs the labels)
+                metric = "soft-accuracy" if o.sweep_metric == "soft-accuracy" and self.ev.metric == "accuracy" else "auto"
+                table = sweep(self.original, ctx, self.settings, workers=o.workers, executor=o.executor, metric=metric)
             sens = {"seconds": round(time.perf_counter() - t, 2), "cached": table["cached"], "key": table["key"],
                     "candidates": len(table["candidates"]), "backend": prune_backend(self.settings),
                     "sweep": table["sweep"], "notes": table["notes"], "samples": table["samples"],

@@ -1,0 +1,57 @@
+"""auto:sweep-metric=soft-accuracy: the sweep measures the true label's probability while
+acceptance stays top-1; a drop in the table moves with every candidate (no ties at 0)."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxprune.api import run_passes
+from onnxprune.context import Evaluator
+from onnxprune.data import Dataset
+from onnxprune.errors import UsageError
+from onnxprune.runtime import make_session
+from onnxprune.sensitivity import SweepSettings, sweep
+
+_spec = importlib.util.spec_from_file_location("_sens_helpers", Path(__file__).with_name("test_sensitivity.py"))
+assert _spec and _spec.loader
+_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_helpers)
+
+
+def labelled_ctx(tmp_path):
+    m = _helpers.small_cnn()
+    ctx = _helpers.small_ctx(m, tmp_path)
+    sess = make_session(m)
+    labels = np.concatenate([sess.run(None, dict(b))[0].reshape(len(next(iter(b.values()))), -1).argmax(1)
+                             for b in ctx.calib.batches])
+    ds = Dataset(ctx.calib.batches, labels, "labelled by the model itself")
+    return m, dataclasses.replace(ctx, calib=ds, evaluator=Evaluator(m, ds))
+
+
+def test_soft_sweep_is_continuous_and_acceptance_stays_top1(tmp_path) -> None:
+    m, ctx = labelled_ctx(tmp_path)
+    s = SweepSettings(families=("prune",), ratios=(0.25, 0.5, 0.75), reconstruct="none")
+    soft = sweep(m, ctx, s, metric="soft-accuracy")
+    top1 = sweep(m, ctx, s, metric="accuracy")
+    assert soft["metric"] == "soft-accuracy" and soft["unit"] == "points of true-label probability"
+    assert soft["key"] != top1["key"]  # cached apart
+    ok = [r for r in soft["candidates"] if r["ok"]]
+    assert ok and all(r["drop"] != 0.0 for r in ok)
+    # deeper cuts of one group cost more true-label probability
+    by = {}
+    for r in ok:
+        by.setdefault(r["key"], []).append((r["level"], r["drop"]))
+    assert any(len(v) > 1 for v in by.values())
+    for v in by.values():
+        drops = [d for _, d in sorted(v)]
+        assert drops[-1] >= drops[0] - 1e-9
+    out, rec = run_passes(m, ["auto:flops=1.2,max-drop=100,sweep-metric=soft-accuracy,ratios=0.25|0.5,"
+                              "latency-runs=5,reconstruct=none"], ctx=ctx)
+    st = rec[0].stats
+    assert st["metric"] == "accuracy" and st["sensitivity"]["unit"] == "points of true-label probability"
+    with pytest.raises(UsageError, match="sweep-metric"):
+        run_passes(m, ["auto:flops=1.2,sweep-metric=top5"], ctx=ctx)
