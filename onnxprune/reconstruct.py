@@ -335,7 +335,9 @@ class Options:
     #: choose each layer's ridge (ridge × RIDGE_GRID, or bias correction only) by 2-fold
     #: cross-validation over the calibration batches; False: ``ridge`` as given, and bias
     #: correction only below MIN_ROWS_PER_FEATURE rows per feature
-    held_out: bool = False
+    held_out: bool = True
+    #: the chosen ridge is multiplied by this for the refit on all rows (each fold holds about half)
+    held_out_final: float = 1.0
 
 
 def calibration_batches(data: Dataset, samples: int | None) -> list[dict[str, np.ndarray]]:
@@ -446,9 +448,9 @@ def reconstruct(model: Any, original: onnx.ModelProto, pruned: Mapping[str, np.n
                 theta0 = theta_of(n, kinds[n.name])
                 before = rel_error(g, theta0)
                 if opts.held_out and min(f.rows for f in folds[n.name]) > 0:
-                    ridge, line["rel_error_held_out"] = held_out_ridge(folds[n.name], opts.ridge, theta0)
-                    line["ridge"] = ridge
-                    line["rel_error_held_out"] = round(line["rel_error_held_out"], 6)
+                    ridge, held = held_out_ridge(folds[n.name], opts.ridge, theta0)
+                    ridge = None if ridge is None else ridge * opts.held_out_final
+                    line.update(ridge=ridge, rel_error_held_out=round(held, 6))
                 else:
                     ridge = opts.ridge if determined(g) else None
                 theta = _candidate(g, theta0, ridge)

@@ -68,14 +68,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--calib-samples", type=int, default=64, help="calibration samples of the Grams and the refit")
     ap.add_argument("--ridge", type=float, default=1e-3)
     ap.add_argument("--refits", type=_list, default=[],
-                    help="extra ls rows on the same choice: RIDGE:ROWS[:fixed] (ROWS: refit rows per consumer in "
-                         "all; fixed: that ridge everywhere instead of the held-out choice)")
+                    help="extra ls rows on the same choice: RIDGE:ROWS[:fixed|:xF] (ROWS: refit rows per consumer in "
+                         "all; fixed: that ridge everywhere instead of the held-out choice; xF: the held-out "
+                         "ridge times F for the final refit)")
     ap.add_argument("--fixed-ridge", action="store_true", help="the refit's ridge as given, no held-out choice")
     ap.add_argument("--latency-runs", type=int, default=20)
     ap.add_argument("--latency-repeats", type=int, default=3)
     ap.add_argument("--acc-threads", type=int, default=2)
     ap.add_argument("--onnxsim", action="store_true", help="onnxsim wanda + finetune (+ bn_recovery) rows")
     ap.add_argument("--onnxsim-samples", type=int, default=256, help="calibration samples given to onnxsim")
+    ap.add_argument("--onnxsim-targets", type=lambda t: [float(x) for x in _list(t)], default=None,
+                    help="targets of the onnxsim rows (default: --targets)")
+    ap.add_argument("--calib-rows", type=int, default=None, help="prune-channels calib-rows (rows per batch)")
     ap.add_argument("--bn-samples", type=int, default=64, help="calibration samples of onnxsim's bn_recovery")
     ap.add_argument("--no-ours", action="store_true", help="only the original (and --onnxsim) rows")
     ap.add_argument("--out", type=Path, default=bl.DOCS)
@@ -150,7 +154,7 @@ class Prepared:
         self.crit_seconds = time.perf_counter() - t0
         self.grams = grams
         self.opts = pc.Options(criterion=criterion, scope=scope, latency_guard=False, ridge=bench.args.ridge,
-                               calib_samples=bench.args.calib_samples)
+                               calib_samples=bench.args.calib_samples, calib_rows=bench.args.calib_rows)
         self.round_to = bench.ctx.target.vector_width
         self.fl, self.total = pc.atom_flops(self.analysis, bench.base, bench.ctx)
 
@@ -166,7 +170,7 @@ class Prepared:
         return 1.0 - float(self.fl[atoms].sum()) / self.total
 
     def build(self, atoms: list[int], method: str, ridge: float | None = None, rows: int | None = None,
-              held_out: bool | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+              held_out: bool | None = None, final: float = 1.0) -> tuple[onnx.ModelProto, dict[str, Any]]:
         from onnxprune import reconstruct as rc
         from onnxprune.channels import analyze, apply_removal
         from onnxprune.model import Model
@@ -183,7 +187,7 @@ class Prepared:
                                  rc.Options("ls", self.opts.ridge if ridge is None else ridge,
                                             rows or self.pc._rows(self.opts, self.b.calib),
                                             self.opts.calib_samples, 1, 0,
-                                            not self.b.args.fixed_ridge if held_out is None else held_out),
+                                            not self.b.args.fixed_ridge if held_out is None else held_out, final),
                                  only=only, axes=axes)
             m.refresh_shapes()
         return m.to_onnx(), rep
@@ -239,7 +243,7 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
     if args.greedy:
         criteria += [c for c in ("thinet", "car") if c in CRITERIA and name in args.full]
     opts0 = pc.Options(criterion=args.best, scope=args.scope, latency_guard=False, ridge=args.ridge,
-                       calib_samples=args.calib_samples)
+                       calib_samples=args.calib_samples, calib_rows=args.calib_rows)
     grams = pc._Grams(b.base, b.ctx, opts0)
     info: dict[str, Any] = {"criteria": {}}
     scopes = [(c, args.scope) for c in criteria] + ([(args.best, "local")] if args.uniform else [])
@@ -273,10 +277,13 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
                 b.measure(row, proto)
                 if method == "ls":
                     for spec in args.refits:
-                        ridge, rows, *fixed = spec.split(":")
+                        ridge, rows, *flag = spec.split(":")
+                        fixed = flag == ["fixed"]
+                        final = float(flag[0][1:]) if flag and flag[0].startswith("x") else 1.0
                         t2 = time.perf_counter()
-                        proto, rep = prep.build(atoms, method, float(ridge), int(rows), not fixed)
-                        label = f"ls ridge={float(ridge):g}{' fixed' if fixed else ''} rows={rows}"
+                        proto, rep = prep.build(atoms, method, float(ridge), int(rows), not fixed, final)
+                        label = (f"ls ridge={float(ridge):g}{' fixed' if fixed else ''}"
+                                 f"{f' final x{final:g}' if final != 1.0 else ''} rows={rows}")
                         b.measure({**row, "method": label, "ridge": float(ridge), "rows": int(rows),
                                    "seconds": round(time.perf_counter() - t2, 1), **_layers_summary(rep)}, proto)
     info["gram_seconds"] = round(grams.seconds, 2) if scopes else None
@@ -286,7 +293,8 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
     if best and not args.no_pass_check:
         r = b.rows[best[0]]
         spec = (f"prune-channels:ratio={r['ratio']},criterion={args.best},scope={args.scope},reconstruct=ls,"
-                f"ridge={args.ridge},calib-samples={args.calib_samples},latency-guard=false")
+                f"ridge={args.ridge},calib-samples={args.calib_samples},latency-guard=false"
+                + (f",calib-rows={args.calib_rows}" if args.calib_rows else ""))
         from onnxprune.api import run_passes
 
         t3 = time.perf_counter()
@@ -323,7 +331,8 @@ def onnxsim_rows(b: Bench, args: argparse.Namespace) -> None:
                        "error": bl.first_line(exc)})
         print(f"  [{b.name}] onnxsim {method} target {target}: {bl.first_line(exc)}", flush=True)
 
-    for target in args.targets:
+    targets = args.onnxsim_targets or args.targets
+    for target in targets:
         lo, hi, best = 0.0, 0.9, None
         t0 = time.perf_counter()
         try:
@@ -362,7 +371,7 @@ def onnxsim_rows(b: Bench, args: argparse.Namespace) -> None:
         # at every target after the convs whose output channels were all kept (a per-channel affine
         # correction of the layers that read pruned tensors, e.g. mobilenetv2's projections)
         kept = _same_width_convs(raw, tuned)
-        for method, names in ([("finetune+bn", None)] if target == args.targets[0] else []) + [
+        for method, names in ([("finetune+bn", None)] if target == targets[0] else []) + [
                 ("finetune+bn(kept)", kept)]:
             t2 = time.perf_counter()
             try:
