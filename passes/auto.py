@@ -47,7 +47,7 @@ from onnxprune.allocate import Choice, Knob, max_gain, min_loss
 from onnxprune.context import POINT_METRICS, Evaluator, PassContext
 from onnxprune.errors import QualityError, UsageError
 from onnxprune.executor import EXECUTORS
-from onnxprune.manager import Pass, PassResult, check_range
+from onnxprune.manager import Pass, PassManager, PassResult, check_range
 from onnxprune.model import Model, model_size_bytes
 from onnxprune.sensitivity import (
     SweepSettings,
@@ -85,7 +85,7 @@ class Options:
     ratios: pruning ratios tried per group in the sensitivity sweep, each in (0, 1)
     fractions: low-rank rank fractions (of full rank) tried per layer in the sweep, each in (0, 1)
     criterion: prune-channels criterion used for the candidates
-    reconstruct: prune-channels reconstruct mode for the candidates (default: that pass's own default)
+    reconstruct: prune-channels reconstruct mode for the candidates: default (that pass's own default), auto, ls, lasso or none
     quantize-options: options of the quantize step, ';'-separated, e.g. "mode=dynamic;exclude=none"
     round-to: kept channels rounded up to a multiple of this (default: the target's vector width)
     protect: node-name glob patterns never pruned
@@ -108,7 +108,8 @@ class Options:
     ratios: tuple[float, ...] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
     fractions: tuple[float, ...] = (0.5, 0.25)
     criterion: str = "l1"
-    reconstruct: str | None = None
+    # a plain str: with ``str | None`` the CLI reads "none" as None, i.e. the default refit
+    reconstruct: Literal["default", "auto", "ls", "lasso", "none"] = "default"
     quantize_options: str | None = None  # options of the quantize step, ';'-separated: "mode=dynamic;exclude=none"
     round_to: int | None = None
     protect: tuple[str, ...] = ()
@@ -231,7 +232,8 @@ class _Search:
         self.s0 = model_size_bytes(self.original)
         self.settings = SweepSettings(families=tuple(m for m in ("prune", "lowrank") if m in o.methods) or ("prune",),
                                       ratios=o.ratios, fractions=o.fractions, criterion=o.criterion,
-                                      reconstruct=o.reconstruct, round_to=o.round_to, protect=o.protect,
+                                      reconstruct=None if o.reconstruct == "default" else o.reconstruct,
+                                      round_to=o.round_to, protect=o.protect,
                                       samples=o.samples)
         self.round_to = round_to_of(ctx, self.settings)
         self.times: dict[str, float] | None = None
@@ -305,12 +307,45 @@ class _Search:
             self.notes.append(f"quantize failed on the original: {type(exc).__name__}: {str(exc)[:160]}")
             return False
         p = self.measure("quantize only", q, {}, {"predicted_speedup": None})
+        if p["drop"] > self.budget and not any(kv.partition("=")[0].strip() == "exclude" for kv in opts):
+            p = self.quantize_with_float_nodes(opts, p)
         self.q_speed, self.q_drop = p["speedup"], max(p["drop"], 0.0)
         self.q_factor = 1.0 if self.objective == "flops" else self.achieved(p)
         if p["drop"] > self.budget:
-            self.notes.append(f"quantization alone drops {p['drop']:.3f} > budget {self.budget:g}: left out")
+            self.notes.append(f"quantization alone drops {p['drop']:.4g} > budget {self.budget:g}: left out")
             return False
         return True
+
+    def quantize_with_float_nodes(self, opts: list[str], plain: dict[str, Any]) -> dict[str, Any]:
+        """Quantization alone misses the budget: let the quantize pass's measured search keep
+        the few nodes in float that buy the most accuracy back (``exclude=auto``), then reuse
+        those names for every later build (the search itself runs once)."""
+        from onnxprune.api import make_passes
+
+        # the quantize pass's max-drop is in points (top-1, or cosine x 100); aim at half the budget
+        qmax = self.budget / 2 * (1.0 if self.scale == 100.0 else 100.0)
+        spec = "quantize:" + ",".join(opts + ["exclude=auto", f"max-drop={qmax:g}"])
+        try:
+            work = Model(self.original)
+            rec = PassManager(make_passes([spec])).run(work, self.ctx)
+        except Exception as exc:  # the exclusion search failed: keep the plain result
+            self.notes.append(f"quantize exclude=auto failed: {type(exc).__name__}: {str(exc)[:160]}")
+            return plain
+        names = list(rec[0].stats.get("excluded") or [])
+        if not names:
+            self.notes.append("quantize exclude=auto kept no node in float: plain quantization kept")
+            return plain
+        label = f"quantize, {len(names)} float node" + ("s" if len(names) > 1 else "")
+        p = self.measure(label, work.to_onnx(), {}, {"predicted_speedup": None})
+        self.notes.append(f"quantization alone dropped {plain['drop']:.4g} > budget {self.budget:g}; with "
+                          f"{', '.join(names)} in float: {p['drop']:.4g} at x{p['speedup']:.3f}")
+        if p["drop"] >= plain["drop"]:
+            return plain
+        if any(c in n for n in names for c in ",=|"):  # not expressible in a pass spec
+            self.notes.append("float node names hold ',', '=' or '|': plain quantization kept")
+            return plain
+        self.qspec = "quantize:" + ",".join(opts + ["exclude=" + "|".join(glob_escape(n) for n in names)])
+        return p
 
     def need_for(self, factor: float) -> float:
         """Gain the allocation must predict for an overall factor (after quantization's)."""
@@ -400,6 +435,11 @@ class _Search:
             err.best_model = proto if modified else None  # type: ignore[attr-defined]
             raise err
         return PassResult(modified, stats)
+
+
+def glob_escape(name: str) -> str:
+    """A node name as an fnmatch pattern that matches only itself."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _amount(key: str, level: float) -> float:

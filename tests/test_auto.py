@@ -50,6 +50,7 @@ def test_speedup_target_reports_prediction(tmp_path) -> None:
     assert all(p["speedup"] > 0 for p in st["points"])
     assert all(p["predicted_speedup"] for p in st["points"] if p["label"].startswith("round"))
     assert st["sensitivity"]["latency_model"]["signatures"] > 0
+    assert "reconstruct=none" in st["sensitivity"]["backend"]  # "none" reaches prune-channels, not the default
     _valid(out)
 
 

@@ -82,6 +82,9 @@ def main() -> int:
             if f.is_file():
                 part = json.loads(f.read_text())
                 results["models"][name] = part["result"]
+                refit = cache / f"{name}.refit.json"  # MiniLM: the run whose sweep refit every pruned candidate
+                if name == "minilm" and refit.is_file():
+                    part["result"]["refit_rows"] = json.loads(refit.read_text())["result"]["rows"]
                 # earlier runs of the same model: run1 (additive latency model), run2 (quantize step broken)
                 for old, label in ((cache / f"{name}.run2.json", " (run 2: quantize step not run, a bug since fixed)"),
                                    (cache / f"{name}.run1.json", " (run 1: additive latency model)")):
