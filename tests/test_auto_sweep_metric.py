@@ -55,3 +55,23 @@ def test_soft_sweep_is_continuous_and_acceptance_stays_top1(tmp_path) -> None:
     assert st["metric"] == "accuracy" and st["sensitivity"]["unit"] == "points of true-label probability"
     with pytest.raises(UsageError, match="sweep-metric"):
         run_passes(m, ["auto:flops=1.2,sweep-metric=top5"], ctx=ctx)
+
+
+def test_quantize_over_budget_retries_with_float_nodes(tmp_path) -> None:
+    """Quantization alone over the budget: auto asks the quantize pass's measured search
+    which nodes to keep float, measures that, and reuses the names for later builds."""
+    m = _helpers.small_cnn()
+    ctx = _helpers.small_ctx(m, tmp_path)
+    spec = "auto:speedup=1.05,min-cosine=0.999999,methods=prune|quantize,on-miss=best,ratios=0.25,latency-runs=5"
+    _, rec = run_passes(m, [spec], ctx=ctx)
+    st = rec[0].stats
+    labels = [p["label"] for p in st["points"]]
+    plain = next(p for p in st["points"] if p["label"] == "quantize only")
+    assert plain["drop"] > st["budget"]
+    retried = [n for n in st["notes"] if "quantization alone dropped" in n or "kept no node in float" in n]
+    assert retried, st["notes"]
+    # on this model the search keeps the classifier Gemm in float and halves the drop
+    floats = [p for p in st["points"] if p["label"].startswith("quantize, ")]
+    assert floats and "float node" in floats[0]["label"]
+    assert labels.index(floats[0]["label"]) == labels.index("quantize only") + 1
+    assert floats[0]["drop"] < plain["drop"]
