@@ -484,10 +484,12 @@ def _data_hash(ds: Any) -> str:
     return h.hexdigest()
 
 
-def score_subset(ctx: PassContext, samples: int | None) -> Any:
+def score_subset(ctx: PassContext, samples: int | None, score: Any = None) -> Any:
+    """The first ``samples`` of the scoring data: ``score`` when given (data kept out of the
+    candidates' fitting), else the calibration data."""
     from onnxprune.data import subset
 
-    calib = ctx.require_data("sensitivity", "the sweep")
+    calib = score if score is not None else ctx.require_data("sensitivity", "the sweep")
     if samples is None or samples >= calib.n_samples:
         return calib
     step = max(1, int(next(iter(calib.batches[0].values())).shape[0])) if calib.batches else 1
@@ -495,14 +497,17 @@ def score_subset(ctx: PassContext, samples: int | None) -> Any:
 
 
 def sweep(proto: onnx.ModelProto, ctx: PassContext, s: SweepSettings, *, workers: int | None = None,
-          executor: str = "local", metric: str = "auto") -> dict[str, Any]:
-    """The sensitivity table (see the module docstring); cached under ``ctx.cache_dir``."""
+          executor: str = "local", metric: str = "auto", score: Any = None) -> dict[str, Any]:
+    """The sensitivity table (see the module docstring); cached under ``ctx.cache_dir``.
+
+    ``score``: a dataset to score candidates on instead of the calibration data, which then
+    only fits them (reconstruction): scores free of the fit's optimism."""
     import onnxruntime as ort
 
     from onnxprune.cost import model_cost
     from onnxprune.executor import run_tasks
 
-    score_data = score_subset(ctx, s.samples)
+    score_data = score_subset(ctx, s.samples, score)
     rt = round_to_of(ctx, s)
     model_bytes = proto.SerializeToString()
     ident = json.dumps({"format": FORMAT, "model": hashlib.sha256(model_bytes).hexdigest(), "data": _data_hash(score_data),

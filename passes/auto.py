@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import onnx
 
 from onnxprune.allocate import Choice, Knob, max_gain, min_loss
@@ -69,6 +70,9 @@ from onnxprune.sensitivity import (
 
 log = logging.getLogger(__name__)
 
+#: fewest samples on each side of the search's own fit/check split
+MIN_HOLDOUT = 16
+
 METHODS = ("prune", "lowrank", "quantize")
 
 
@@ -89,7 +93,8 @@ class Options:
     quantize-options: options of the quantize step, ';'-separated, e.g. "mode=dynamic;exclude=none"
     round-to: kept channels rounded up to a multiple of this (default: the target's vector width)
     protect: node-name glob patterns never pruned
-    samples: calibration samples used to score sweep candidates (default: all)
+    samples: calibration samples used to score sweep candidates (default: all of the held-out part)
+    holdout: share of the calibration samples kept out of every fit (reconstruction, quantization ranges) and used for the search's own accuracy checks (0: check on the fitted samples, optimistic)
     sweep-metric: what the sweep measures drops in: auto (the acceptance metric; default) or soft-accuracy (true-label probability: continuous, but ranked mobilenetv2's cuts worse than top-1)
     rounds: most build-and-measure rounds of the back-off search
     executor: where the sweep's candidates run: local or ray
@@ -114,6 +119,7 @@ class Options:
     round_to: int | None = None
     protect: tuple[str, ...] = ()
     samples: int | None = None
+    holdout: float = 0.5
     sweep_metric: Literal["auto", "soft-accuracy"] = "auto"
     rounds: int = 6
     executor: Literal["local", "ray"] = "local"
@@ -131,6 +137,7 @@ class Options:
         check_range("auto", "max-drop", self.max_drop, 0.0, 100.0)
         check_range("auto", "min-cosine", self.min_cosine, -1.0, 1.0)
         check_range("auto", "rounds", self.rounds, 1, 100)
+        check_range("auto", "holdout", self.holdout, 0.0, 0.9)
         if self.sweep_metric not in ("auto", "soft-accuracy"):
             raise UsageError(f"pass auto: sweep-metric must be auto or soft-accuracy, got {self.sweep_metric!r}")
         check_range("auto", "latency-runs", self.latency_runs, 3, 10_000)
@@ -222,6 +229,13 @@ class _Search:
         o, ctx = self.o, self.ctx
         calib = ctx.require_data("auto", "the budget search")
         self.original = model.to_onnx()
+        self.check_data = self.hold_out(calib)
+        if self.check_data is not None:
+            # fits (reconstruction, quantization ranges) see only the fit part; every accuracy
+            # check of the search (sweep scores, points) runs on the held-out part
+            metric = getattr(ctx.evaluator, "_metric", "auto") if ctx.evaluator is not None else "auto"
+            self.ctx = ctx = ctx.replace(calib=self.fit_data, evaluator=Evaluator(
+                self.original, self.check_data, threads=ctx.target.threads, metric=metric))
         self.ev = ctx.evaluator if ctx.evaluator is not None else Evaluator(self.original, calib, threads=ctx.target.threads)
         self.base = self.ev.baseline()
         self.scale = 100.0 if self.ev.metric in POINT_METRICS else 1.0
@@ -255,7 +269,8 @@ class _Search:
             else:
                 # soft-accuracy only where the acceptance metric is top-1 (it needs the labels)
                 metric = "soft-accuracy" if o.sweep_metric == "soft-accuracy" and self.ev.metric == "accuracy" else "auto"
-                table = sweep(self.original, ctx, self.settings, workers=o.workers, executor=o.executor, metric=metric)
+                table = sweep(self.original, ctx, self.settings, workers=o.workers, executor=o.executor, metric=metric,
+                              score=self.check_data)
             sens = {"seconds": round(time.perf_counter() - t, 2), "cached": table["cached"], "key": table["key"],
                     "candidates": len(table["candidates"]), "backend": prune_backend(self.settings),
                     "sweep": table["sweep"], "notes": table["notes"], "samples": table["samples"],
@@ -287,6 +302,30 @@ class _Search:
                 kn = [Knob(k.key, tuple(Choice(c.level, c.loss, c.gain * self.layer_scale) for c in k.choices)) for k in kn]
         best = self.search(kn, use_q)
         return self.finish(model, best, sens, use_q)
+
+    def hold_out(self, calib: Any) -> Any:
+        """The held-out check part of the calibration data (None: checks run in-sample).
+
+        Measured on efficientnet-lite0 (one allocation, least-squares refit on 256 images):
+        the search read a drop of 0.39 points on the samples it had fitted, the 744 unseen
+        evaluation images 6.3; scores on samples the fit never saw are not flattered by it."""
+        from onnxprune.data import subset
+
+        n = int(calib.n_samples)
+        n_check = int(round(n * self.o.holdout))
+        if n_check == 0:
+            self.notes.append("holdout=0: accuracy checks on the samples the fits used (optimistic)")
+            return None
+        if n_check < MIN_HOLDOUT or n - n_check < MIN_HOLDOUT:
+            self.notes.append(f"{n} calibration samples: too few to hold {MIN_HOLDOUT}+ out for checks; "
+                              "accuracy checked on the fitted samples (optimistic)")
+            return None
+        perm = np.random.default_rng(self.ctx.seed).permutation(n)
+        step = max(1, int(np.shape(next(iter(calib.batches[0].values())))[0])) if calib.batches else 1
+        self.fit_data = subset(calib, np.sort(perm[n_check:]), batch_size=step)
+        check = subset(calib, np.sort(perm[:n_check]), batch_size=step)
+        self.holdout_split = {"fit": n - n_check, "check": n_check, "seed": self.ctx.seed}
+        return check
 
     def quantize_step(self) -> bool:
         o = self.o
@@ -425,6 +464,7 @@ class _Search:
             "methods": list(self.o.methods), "quantize": {"used": use_q, "speedup": self.q_speed, "drop": self.q_drop},
             "target_met": met, "chosen": chosen, "points": pts, "sensitivity": sens, "notes": self.notes,
             "search_seconds": round(time.perf_counter() - self.t_start, 2), "plots": plots,
+            "holdout": getattr(self, "holdout_split", None),
             "allocation": "multiple-choice knapsack, exact DP over the discretised gain (see onnxprune.allocate)",
         }
         if not met and self.o.on_miss == "error":

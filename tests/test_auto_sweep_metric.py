@@ -75,3 +75,22 @@ def test_quantize_over_budget_retries_with_float_nodes(tmp_path) -> None:
     assert floats and "float node" in floats[0]["label"]
     assert labels.index(floats[0]["label"]) == labels.index("quantize only") + 1
     assert floats[0]["drop"] < plain["drop"]
+
+
+def test_search_checks_on_samples_no_fit_saw(tmp_path) -> None:
+    """auto holds part of the calibration data out of every fit and checks on it."""
+    from onnxprune.context import PassContext, Target
+    from onnxprune.data import load_dataset
+
+    m = _helpers.small_cnn()
+    ds = load_dataset(m, None, limit=64, batch_size=8, seed=1, shapes={"X": _helpers.SHAPE})
+    ctx = PassContext(calib=ds, target=Target.named("avx2"), input_shapes={"X": _helpers.SHAPE}, cache_dir=tmp_path,
+                      evaluator=Evaluator(m, ds), calib_kind="data")
+    _, rec = run_passes(m, ["auto:flops=1.3,min-cosine=0.5,ratios=0.25|0.5,latency-runs=5,reconstruct=none"], ctx=ctx)
+    st = rec[0].stats
+    assert st["holdout"] == {"fit": 32, "check": 32, "seed": 0}
+    assert st["sensitivity"]["samples"] == 32  # candidates scored on the 32 held-out samples
+    _, rec0 = run_passes(m, ["auto:flops=1.3,min-cosine=0.5,ratios=0.25|0.5,latency-runs=5,reconstruct=none,"
+                             "holdout=0"], ctx=ctx)
+    assert rec0[0].stats["holdout"] is None and rec0[0].stats["sensitivity"]["samples"] == 64
+    assert any("optimistic" in n for n in rec0[0].stats["notes"])
