@@ -268,7 +268,7 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
                 t2 = time.perf_counter()
                 atoms, st = prep.atoms(ratio, method)
                 proto, rep = prep.build(atoms, method)
-                label = method + (" fixed-ridge" if method == "ls" and args.fixed_ridge else "")
+                label = method + ((" fixed" if args.fixed_ridge else " held-out") if method == "ls" else "")
                 row = {"criterion": crit, "scope": scope, "method": label, "target": target, "ratio": round(ratio, 4),
                        "channels_removed": len(atoms), "search_seconds": round(search, 1),
                        "seconds": round(time.perf_counter() - t2, 1), **_layers_summary(rep)}
@@ -282,13 +282,14 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
                         final = float(flag[0][1:]) if flag and flag[0].startswith("x") else 1.0
                         t2 = time.perf_counter()
                         proto, rep = prep.build(atoms, method, float(ridge), int(rows), not fixed, final)
-                        label = (f"ls ridge={float(ridge):g}{' fixed' if fixed else ''}"
+                        label = (f"ls {'fixed' if fixed else 'held-out'}"
+                                 f"{f' ridge={float(ridge):g}' if float(ridge) != args.ridge else ''}"
                                  f"{f' final x{final:g}' if final != 1.0 else ''} rows={rows}")
                         b.measure({**row, "method": label, "ridge": float(ridge), "rows": int(rows),
                                    "seconds": round(time.perf_counter() - t2, 1), **_layers_summary(rep)}, proto)
     info["gram_seconds"] = round(grams.seconds, 2) if scopes else None
     # the pass itself, once: same choice and refit as the shared-statistics path above
-    best = [i for i, r in enumerate(b.rows) if r.get("criterion") == args.best and r.get("method") == "ls"
+    best = [i for i, r in enumerate(b.rows) if r.get("criterion") == args.best and r.get("method") == "ls held-out"
             and r.get("scope") == args.scope and r.get("valid")]
     if best and not args.no_pass_check:
         r = b.rows[best[0]]
@@ -325,6 +326,15 @@ def onnxsim_rows(b: Bench, args: argparse.Namespace) -> None:
 
     calib = [dict(x) for x in calibration_batches(b.calib, args.onnxsim_samples)]
     raw = onnx.load(str(bl.ZOO / "models" / f"{b.name}.onnx"))
+    # an IR-3 model lists its initializers as graph inputs (squeezenet1.1): onnxsim then asks the
+    # calibration batches for them, so they are dropped from the inputs and the IR raised to 4
+    # (the first that allows an initializer that is not an input); the graph is unchanged
+    inits = {t.name for t in raw.graph.initializer}
+    keep = [i for i in raw.graph.input if i.name not in inits]
+    if len(keep) < len(raw.graph.input):
+        del raw.graph.input[:]
+        raw.graph.input.extend(keep)
+        raw.ir_version = max(raw.ir_version, 4)
 
     def fail(target: float, method: str, exc: BaseException) -> None:
         b.rows.append({"criterion": "onnxsim-wanda", "method": method, "target": target, "valid": False,
@@ -420,7 +430,7 @@ def render(result: dict[str, Any], env: dict[str, Any]) -> str:
            __doc__.split("\n\n", 1)[1].split("Writes")[0].strip(), "",
            "Top-1 is on the evaluation split only (images the compiler never saw). Latency: ratio to the "
            "original's median, 1 thread, batch 1, all variants of a model interleaved, median of the repeats "
-           "[min–max]. `rel err` is the mean over refit layers of ‖Y−Ŷ‖²/‖Y‖² on the calibration rows, before → "
+           "[min–max]. `calib`: calibration samples the refit (or onnxsim) used. `rel err` is the mean over refit layers of ‖Y−Ŷ‖²/‖Y‖² on the calibration rows, before → "
            "after the refit.", ""]
     summary = []
     for m in result["models"]:
@@ -437,12 +447,13 @@ def render(result: dict[str, Any], env: dict[str, Any]) -> str:
             lat = "" if "latency_ratio" not in r else f"{r['latency_ratio']:.3f} [{r['latency_min']:.3f}–{r['latency_max']:.3f}]"
             rel = ("" if "rel_error_before_mean" not in r
                    else f"{r['rel_error_before_mean']:.4f} → {r['rel_error_after_mean']:.4f}")
-            rows.append([r.get("criterion"), r.get("scope", ""), r.get("method"), r.get("target"), r.get("ratio", ""),
+            rows.append([r.get("criterion"), r.get("scope", ""), r.get("method"), r.get("samples", ""), r.get("target"),
+                         r.get("ratio", ""),
                          bl.pct(r.get("flops_frac")), "" if r.get("top1") is None else f"{100 * r['top1']:.1f}",
                          "" if r.get("top1") is None else f"{100 * r['top1'] - base:+.1f}", lat,
                          "" if r.get("params") is None else f"{r['params'] / 1e6:.2f}", rel, r.get("seconds", ""),
                          "" if r.get("valid", True) else r.get("error", "invalid")])
-        out += [bl.md_table(["criterion", "scope", "reconstruct", "target", "ratio", "FLOPs %", "top-1", "Δ", "latency",
+        out += [bl.md_table(["criterion", "scope", "reconstruct", "calib", "target", "ratio", "FLOPs %", "top-1", "Δ", "latency",
                              "params M", "rel err", "s", "error"], rows), ""]
         for model, cut, pts in TARGETS:
             if model != m["model"]:
@@ -487,7 +498,10 @@ def merge_models(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out[m["model"]] = {**m, "rows": rows, "criteria": dict(m.get("criteria") or {})}
                 continue
             first = out[m["model"]]
-            first["rows"] += [r for r in rows if r.get("criterion") != "(original)"]
+            seen = {(r.get("sha1"), r.get("method")) for r in first["rows"] if r.get("sha1")}
+            # a row built again by a later part (same weights, same method): kept once
+            first["rows"] += [r for r in rows if r.get("criterion") != "(original)"
+                              and (r.get("sha1") is None or (r.get("sha1"), r.get("method")) not in seen)]
             first["criteria"].update(m.get("criteria") or {})
             if "pass_check" in m and "pass_check" not in first:
                 first["pass_check"] = m["pass_check"]
