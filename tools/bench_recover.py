@@ -269,6 +269,8 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
                 atoms, st = prep.atoms(ratio, method)
                 proto, rep = prep.build(atoms, method)
                 label = method + ((" fixed" if args.fixed_ridge else " held-out") if method == "ls" else "")
+                if method == "ls" and args.calib_rows:
+                    label += f" rows={pc._rows(prep.opts, b.calib)}"
                 row = {"criterion": crit, "scope": scope, "method": label, "target": target, "ratio": round(ratio, 4),
                        "channels_removed": len(atoms), "search_seconds": round(search, 1),
                        "seconds": round(time.perf_counter() - t2, 1), **_layers_summary(rep)}
@@ -440,8 +442,8 @@ def render(result: dict[str, Any], env: dict[str, Any]) -> str:
                 ("* criterion statistics: " + ", ".join(f"{k} {v['seconds']} s" for k, v in m["criteria"].items())
                  + f"; Grams of the original: {m.get('gram_seconds')} s") if m.get("criteria") else
                 "* run cut at the deadline: rows read from its log (no latency, no per-layer detail)",
-                f"* the pass itself at `{m['pass_check']['spec']}`: byte-identical to the row: "
-                f"{m['pass_check']['identical']} ({m['pass_check']['seconds']} s)" if "pass_check" in m else "", ""]
+                *[f"* the pass itself at `{c['spec']}`: byte-identical to the row: {c['identical']} ({c['seconds']} s)"
+                  for c in m.get("pass_checks") or ([m["pass_check"]] if "pass_check" in m else [])], ""]
         rows = []
         for r in m["rows"]:
             lat = "" if "latency_ratio" not in r else f"{r['latency_ratio']:.3f} [{r['latency_min']:.3f}–{r['latency_max']:.3f}]"
@@ -495,16 +497,19 @@ def merge_models(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
             run = "" if part.get("parts") else part["env"]["command"]  # a merged part: rows say their run, or not
             rows = [{**r, "run": r.get("run", run)} for r in m["rows"]]
             if m["model"] not in out:
-                out[m["model"]] = {**m, "rows": rows, "criteria": dict(m.get("criteria") or {})}
+                out[m["model"]] = {**m, "rows": rows, "criteria": dict(m.get("criteria") or {}),
+                                   "pass_checks": list(m.get("pass_checks") or ([m["pass_check"]] if "pass_check" in m else []))}
                 continue
             first = out[m["model"]]
             seen = {(r.get("sha1"), r.get("method")) for r in first["rows"] if r.get("sha1")}
             # a row built again by a later part (same weights, same method): kept once
-            first["rows"] += [r for r in rows if r.get("criterion") != "(original)"
-                              and (r.get("sha1") is None or (r.get("sha1"), r.get("method")) not in seen)]
+            for r in rows:
+                key = (r.get("sha1"), r.get("method"))
+                if r.get("criterion") != "(original)" and (key[0] is None or key not in seen):
+                    first["rows"].append(r)
+                    seen.add(key)
             first["criteria"].update(m.get("criteria") or {})
-            if "pass_check" in m and "pass_check" not in first:
-                first["pass_check"] = m["pass_check"]
+            first["pass_checks"] += [m["pass_check"]] if "pass_check" in m else []
     return list(out.values())
 
 
