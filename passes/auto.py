@@ -440,7 +440,11 @@ class _Search:
         proto = best["_proto"] if best is not None else self.original
         modified = best is not None and proto is not self.original
         if modified:
-            model.reset(proto)
+            # adopt, not reset: a quantized point carries the opset its QDQ nodes need
+            # (squeezenet1.1 is opset 7; reset kept 7 and the checker refused DequantizeLinear)
+            from onnxprune.quantized import adopt
+
+            adopt(model, proto)
         pts = [{k: v for k, v in p.items() if k != "_proto"} for p in self.points]
         chosen = None if best is None else {k: v for k, v in best.items() if k != "_proto"}
         x = [(p["speedup"], p["drop"]) for p in pts]

@@ -94,3 +94,26 @@ def test_search_checks_on_samples_no_fit_saw(tmp_path) -> None:
                              "holdout=0"], ctx=ctx)
     assert rec0[0].stats["holdout"] is None and rec0[0].stats["sensitivity"]["samples"] == 64
     assert any("optimistic" in n for n in rec0[0].stats["notes"])
+
+
+def test_quantized_point_of_an_old_opset_model_keeps_its_new_opset(tmp_path) -> None:
+    """auto returning a quantized point of an opset-7 model: the QDQ nodes need the opset
+    the quantize pass raised the graph to (Model.reset kept 7; the checker refused it)."""
+    import onnx
+
+    from onnxprune.context import PassContext
+
+    spec = importlib.util.spec_from_file_location("_q_helpers", Path(__file__).parent / "passes" / "test_quantize.py")
+    assert spec and spec.loader
+    q = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(q)
+    m = q.small_cnn(opset=7)
+    ctx: PassContext = dataclasses.replace(q.calib_ctx(m, n=32), cache_dir=tmp_path)
+    out, rec = run_passes(m, ["auto:size=2,min-cosine=0.5,methods=quantize,rounds=1,on-miss=best,"
+                              "latency-runs=5,quantize-options=calibrate=minmax"], ctx=ctx)
+    if rec[0].modified:
+        assert any(n.op_type == "DequantizeLinear" for n in out.graph.node)
+        assert max(o.version for o in out.opset_import if o.domain in ("", "ai.onnx")) >= 13
+        onnx.checker.check_model(out, full_check=True)
+    else:  # the only way the test can pass without a quantized point: say why
+        pytest.fail(f"auto kept the float model: {rec[0].stats['notes']}")
