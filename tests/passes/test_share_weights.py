@@ -231,7 +231,10 @@ def test_zeros_from_prune_weights_survive_and_composition_runs() -> None:
 
 def test_channel_pruning_then_deep_compression() -> None:
     model = conv_model(c1=32, c2=64)
-    out, recs = apply(model, "prune-channels:ratio=0.25", "prune-weights:sparsity=0.3", "share-weights:bits=4")
+    # the guard off: on a model this small whether pruning is faster is timing noise (it reverted
+    # under load in CI), and this test is about the composition
+    out, recs = apply(model, "prune-channels:ratio=0.25,latency-guard=false", "prune-weights:sparsity=0.3",
+                      "share-weights:bits=4")
     assert all(r["modified"] for r in recs)
     assert out.ByteSize() < model.ByteSize() / 3  # small layers: the decoders weigh in
     run(out, random_feeds(model))
