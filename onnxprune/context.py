@@ -187,6 +187,17 @@ class Evaluator:
         self.metric = metric
 
     @property
+    def drop_scale(self) -> float:
+        """What a score difference is multiplied by to read as a drop: 100 (points) for the
+        fraction-of-samples metrics, 1 for cosine."""
+        _ = self.reference
+        return 100.0 if self.metric in POINT_METRICS else 1.0
+
+    def on(self, data: Dataset) -> Evaluator:
+        """The same evaluation (reference model, requested metric, threads) on other data."""
+        return Evaluator(self._model, data, threads=self.threads, metric=self._metric)
+
+    @property
     def reference(self) -> list[dict[str, np.ndarray]]:
         """The original model's outputs on the calibration data (computed once, on first use)."""
         if self._reference is None:

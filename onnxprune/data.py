@@ -91,6 +91,12 @@ class Dataset:
     indices: np.ndarray | None = None
 
     @property
+    def batch_step(self) -> int:
+        """Samples in the first batch (the step a subset of this data keeps; 1 when empty)."""
+        arrs = [a for a in self.batches[0].values() if np.ndim(a) > 0] if self.batches else []
+        return max(1, int(np.shape(arrs[0])[0])) if arrs else 1
+
+    @property
     def n_samples(self) -> int:
         n = 0
         for b in self.batches:

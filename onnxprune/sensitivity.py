@@ -54,7 +54,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.allocate import Choice, Knob
-from onnxprune.context import POINT_METRICS, Evaluator, PassContext
+from onnxprune.context import Evaluator, PassContext
 from onnxprune.errors import UsageError
 from onnxprune.manager import Pass, PassManager, PassResult
 from onnxprune.model import Model, model_size_bytes
@@ -191,13 +191,20 @@ def lowrank_specs(levels: Mapping[str, float], ops: Mapping[str, str], s: SweepS
     return out
 
 
-def apply_specs(proto: onnx.ModelProto, specs: Sequence[str | Pass], ctx: PassContext) -> tuple[onnx.ModelProto, bool]:
-    """Run passes without per-pass verification (the search verifies what it keeps)."""
+def run_specs(proto: onnx.ModelProto, specs: Sequence[str | Pass], ctx: PassContext) -> tuple[onnx.ModelProto, list[Any]]:
+    """Run passes without per-pass verification (the search verifies what it keeps): the
+    result and the passes' records."""
     from onnxprune.api import make_passes
 
     work = Model(proto)
     records = PassManager(make_passes(list(specs))).run(work, ctx)
-    return work.to_onnx(), any(r.modified for r in records)
+    return work.to_onnx(), records
+
+
+def apply_specs(proto: onnx.ModelProto, specs: Sequence[str | Pass], ctx: PassContext) -> tuple[onnx.ModelProto, bool]:
+    """:func:`run_specs`, and whether any pass modified the model."""
+    out, records = run_specs(proto, specs, ctx)
+    return out, any(r.modified for r in records)
 
 
 # ---------------------------------------------------------------------------- signatures & latency
@@ -447,7 +454,7 @@ def _worker_init(shared: Mapping[str, Any]) -> dict[str, Any]:
     ctx = PassContext(calib=shared["calib"], target=shared["target"], input_shapes=shared["input_shapes"],
                       seed=shared["seed"], evaluator=ev, calib_kind=shared["calib_kind"])
     base = ev.baseline()
-    return {"proto": proto, "ctx": ctx, "base": base, "scale": 100.0 if ev.metric in POINT_METRICS else 1.0,
+    return {"proto": proto, "ctx": ctx, "base": base, "scale": ev.drop_scale,
             "settings": shared["settings"], "round_to": shared["round_to"]}
 
 
@@ -492,8 +499,7 @@ def score_subset(ctx: PassContext, samples: int | None, score: Any = None) -> An
     calib = score if score is not None else ctx.require_data("sensitivity", "the sweep")
     if samples is None or samples >= calib.n_samples:
         return calib
-    step = max(1, int(next(iter(calib.batches[0].values())).shape[0])) if calib.batches else 1
-    return subset(calib, np.arange(samples), batch_size=step)
+    return subset(calib, np.arange(samples), batch_size=calib.batch_step)
 
 
 def sweep(proto: onnx.ModelProto, ctx: PassContext, s: SweepSettings, *, workers: int | None = None,

@@ -41,14 +41,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import onnx
 
 from onnxprune.allocate import Choice, Knob, max_gain, min_loss
-from onnxprune.context import POINT_METRICS, Evaluator, PassContext
+from onnxprune.context import Evaluator, PassContext
 from onnxprune.errors import QualityError, UsageError
 from onnxprune.executor import EXECUTORS
-from onnxprune.manager import Pass, PassManager, PassResult, check_range
+from onnxprune.manager import Pass, PassResult, check_range
 from onnxprune.model import Model, model_size_bytes
 from onnxprune.sensitivity import (
     SweepSettings,
@@ -64,6 +63,7 @@ from onnxprune.sensitivity import (
     prune_backend,
     prune_spec,
     round_to_of,
+    run_specs,
     signatures,
     sweep,
 )
@@ -229,16 +229,20 @@ class _Search:
         o, ctx = self.o, self.ctx
         calib = ctx.require_data("auto", "the budget search")
         self.original = model.to_onnx()
-        self.check_data = self.hold_out(calib)
-        if self.check_data is not None:
+        ev = ctx.evaluator if ctx.evaluator is not None else Evaluator(self.original, calib, threads=ctx.target.threads)
+        split = self.hold_out(calib)
+        self.check_data = None if split is None else split[1]
+        self.holdout_split: dict[str, int] | None = None
+        if split is not None:
             # fits (reconstruction, quantization ranges) see only the fit part; every accuracy
             # check of the search (sweep scores, points) runs on the held-out part
-            metric = getattr(ctx.evaluator, "_metric", "auto") if ctx.evaluator is not None else "auto"
-            self.ctx = ctx = ctx.replace(calib=self.fit_data, evaluator=Evaluator(
-                self.original, self.check_data, threads=ctx.target.threads, metric=metric))
-        self.ev = ctx.evaluator if ctx.evaluator is not None else Evaluator(self.original, calib, threads=ctx.target.threads)
+            fit, check = split
+            self.holdout_split = {"fit": fit.n_samples, "check": check.n_samples, "seed": ctx.seed}
+            ev = ev.on(check)
+            self.ctx = ctx = ctx.replace(calib=fit, evaluator=ev)
+        self.ev = ev
         self.base = self.ev.baseline()
-        self.scale = 100.0 if self.ev.metric in POINT_METRICS else 1.0
+        self.scale = self.ev.drop_scale
         self.budget = o.max_drop if self.scale == 100.0 else max(self.base - o.min_cosine, 0.0)
         self.objective, self.target = o.target()
         self.feed = batch1_feed(ctx)
@@ -303,13 +307,14 @@ class _Search:
         best = self.search(kn, use_q)
         return self.finish(model, best, sens, use_q)
 
-    def hold_out(self, calib: Any) -> Any:
-        """The held-out check part of the calibration data (None: checks run in-sample).
+    def hold_out(self, calib: Any) -> tuple[Any, Any] | None:
+        """(fit, check): the calibration data split with the context's seed, ``holdout`` of
+        it held out for the search's checks (None: checks run in-sample).
 
         Measured on efficientnet-lite0 (one allocation, least-squares refit on 256 images):
         the search read a drop of 0.39 points on the samples it had fitted, the 744 unseen
         evaluation images 6.3; scores on samples the fit never saw are not flattered by it."""
-        from onnxprune.data import subset
+        from onnxprune.data import split_dataset
 
         n = int(calib.n_samples)
         n_check = int(round(n * self.o.holdout))
@@ -320,12 +325,11 @@ class _Search:
             self.notes.append(f"{n} calibration samples: too few to hold {MIN_HOLDOUT}+ out for checks; "
                               "accuracy checked on the fitted samples (optimistic)")
             return None
-        perm = np.random.default_rng(self.ctx.seed).permutation(n)
-        step = max(1, int(np.shape(next(iter(calib.batches[0].values())))[0])) if calib.batches else 1
-        self.fit_data = subset(calib, np.sort(perm[n_check:]), batch_size=step)
-        check = subset(calib, np.sort(perm[:n_check]), batch_size=step)
-        self.holdout_split = {"fit": n - n_check, "check": n_check, "seed": self.ctx.seed}
-        return check
+        # split_dataset draws at most half first: that half is the check part unless holdout > 0.5
+        first, rest = split_dataset(calib, min(n_check, n - n_check), seed=self.ctx.seed, batch_size=calib.batch_step)
+        fit, check = (rest, first) if n_check <= n - n_check else (first, rest)
+        fit.source, check.source = f"{calib.source}; auto's fit part", f"{calib.source}; auto's check part"
+        return fit, check
 
     def quantize_step(self) -> bool:
         o = self.o
@@ -359,14 +363,11 @@ class _Search:
         """Quantization alone misses the budget: let the quantize pass's measured search keep
         the few nodes in float that buy the most accuracy back (``exclude=auto``), then reuse
         those names for every later build (the search itself runs once)."""
-        from onnxprune.api import make_passes
-
         # the quantize pass's max-drop is in points (top-1, or cosine x 100); aim at half the budget
         qmax = self.budget / 2 * (1.0 if self.scale == 100.0 else 100.0)
         spec = "quantize:" + ",".join(opts + ["exclude=auto", f"max-drop={qmax:g}"])
         try:
-            work = Model(self.original)
-            rec = PassManager(make_passes([spec])).run(work, self.ctx)
+            q, rec = run_specs(self.original, [spec], self.ctx)
         except Exception as exc:  # the exclusion search failed: keep the plain result
             self.notes.append(f"quantize exclude=auto failed: {type(exc).__name__}: {str(exc)[:160]}")
             return plain
@@ -375,7 +376,7 @@ class _Search:
             self.notes.append("quantize exclude=auto kept no node in float: plain quantization kept")
             return plain
         label = f"quantize, {len(names)} float node" + ("s" if len(names) > 1 else "")
-        p = self.measure(label, work.to_onnx(), {}, {"predicted_speedup": None})
+        p = self.measure(label, q, {}, {"predicted_speedup": None})
         self.notes.append(f"quantization alone dropped {plain['drop']:.4g} > budget {self.budget:g}; with "
                           f"{', '.join(names)} in float: {p['drop']:.4g} at x{p['speedup']:.3f}")
         if p["drop"] >= plain["drop"]:
@@ -468,7 +469,7 @@ class _Search:
             "methods": list(self.o.methods), "quantize": {"used": use_q, "speedup": self.q_speed, "drop": self.q_drop},
             "target_met": met, "chosen": chosen, "points": pts, "sensitivity": sens, "notes": self.notes,
             "search_seconds": round(time.perf_counter() - self.t_start, 2), "plots": plots,
-            "holdout": getattr(self, "holdout_split", None),
+            "holdout": self.holdout_split,
             "allocation": "multiple-choice knapsack, exact DP over the discretised gain (see onnxprune.allocate)",
         }
         if not met and self.o.on_miss == "error":

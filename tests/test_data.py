@@ -465,3 +465,12 @@ def test_dataset_n_samples():
     ds = Dataset([{"x": np.zeros((2, 3))}, {"x": np.zeros((1, 3))}], None, "test")
     assert ds.n_samples == 3
     assert isinstance(InputSpec("x", (1,), np.dtype(np.float32)).dtype, np.dtype)
+
+
+def test_batch_step_is_the_first_batch_size():
+    from onnxprune.data import Dataset
+
+    assert Dataset([{"x": np.zeros((4, 3)), "n": np.array(7)}, {"x": np.zeros((2, 3)), "n": np.array(7)}],
+                   None, "t").batch_step == 4
+    assert Dataset([], None, "t").batch_step == 1
+    assert Dataset([{"n": np.array(7)}], None, "t").batch_step == 1

@@ -123,19 +123,13 @@ class Bench:
         self.input_name = input_specs(self.raw)[0].name
         self.feed1 = {self.input_name: next(images.batches(self.recipe, 1))}
         self.ref_shapes = bl.output_shapes(bl.session(self.raw), self.feed1)
-        self.measured: dict[str, dict[str, Any]] = {}
-        self.protos: dict[str, onnx.ModelProto] = {}
+        self.once = bl.MeasureOnce(self._measure)
+        self.protos = self.once.protos  # the valid measured models, by digest
         self.rows: list[dict[str, Any]] = []
 
     def evaluate(self, row: dict[str, Any], proto: onnx.ModelProto | None) -> dict[str, Any]:
         if proto is not None:
-            digest = hashlib.sha1(proto.SerializeToString(deterministic=True)).hexdigest()
-            row["model_sha1"] = digest
-            if digest not in self.measured:
-                self.measured[digest] = self._measure(proto)
-                if self.measured[digest]["valid"]:
-                    self.protos[digest] = proto
-            row.update(self.measured[digest])
+            self.once(row, proto)
             if not row["valid"]:
                 row["bug"] = True  # an invalid result of ours is a bug to report
         if row.get("flops") and self.cost["flops"]:

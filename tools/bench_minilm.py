@@ -122,8 +122,8 @@ class Bench:
         self.ref_shapes = bl.output_shapes(bl.session(self.raw), self.feed)
         self.ref_quality, self.ref_emb = nlp.evaluate(bl.session(self.raw, args.acc_threads), self.enc, self.pairs,
                                                       self.sentences)
-        self.measured: dict[str, dict[str, Any]] = {}
-        self.protos: dict[str, onnx.ModelProto] = {}
+        self.once = bl.MeasureOnce(self._measure)
+        self.protos = self.once.protos  # the valid measured models, by digest
         self.rows: list[dict[str, Any]] = []
 
     def _measure(self, proto: onnx.ModelProto) -> dict[str, Any]:
@@ -137,13 +137,7 @@ class Bench:
         return out
 
     def record(self, row: dict[str, Any], proto: onnx.ModelProto) -> dict[str, Any]:
-        digest = hashlib.sha1(proto.SerializeToString(deterministic=True)).hexdigest()
-        row["model_sha1"] = digest
-        if digest not in self.measured:
-            self.measured[digest] = self._measure(proto)
-            if self.measured[digest]["valid"]:
-                self.protos[digest] = proto
-        row.update(self.measured[digest])
+        self.once(row, proto)
         if row.get("flops"):
             row["flops_frac"] = row["flops"] / self.cost["flops"]
             row["params_frac"] = row["params"] / self.cost["params"]

@@ -246,6 +246,27 @@ def output_shapes(sess, feed: Mapping[str, np.ndarray]) -> dict[str, tuple[int, 
     return {n: tuple(o.shape) for n, o in zip(names, sess.run(names, dict(feed)))}
 
 
+class MeasureOnce:
+    """Measure each distinct model once (keyed by its deterministic serialisation's SHA-1):
+    ``measured[digest]`` holds the result of ``measure``, ``protos[digest]`` the valid ones."""
+
+    def __init__(self, measure: Callable[[onnx.ModelProto], dict[str, Any]]) -> None:
+        self.measure = measure
+        self.measured: dict[str, dict[str, Any]] = {}
+        self.protos: dict[str, onnx.ModelProto] = {}
+
+    def __call__(self, row: dict[str, Any], proto: onnx.ModelProto) -> dict[str, Any]:
+        """Adds ``model_sha1`` and the (possibly cached) measurement to ``row``."""
+        digest = hashlib.sha1(proto.SerializeToString(deterministic=True)).hexdigest()
+        row["model_sha1"] = digest
+        if digest not in self.measured:
+            self.measured[digest] = self.measure(proto)
+            if self.measured[digest]["valid"]:
+                self.protos[digest] = proto
+        row.update(self.measured[digest])
+        return row
+
+
 def cost(model: onnx.ModelProto) -> dict[str, Any]:
     """FLOPs and params at batch 1 (onnxprune's cost model), or an error."""
     from onnxprune.cost import model_cost

@@ -133,19 +133,6 @@ def test_latency_guard_measures_for_real():
     assert rec.stats["latency_tried"] and rec.stats["latency_tried"][0]["latency_ratio"] > 0
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("prune-channels:ratio=1.0", "ratio=1.0 is out of range [0.0, 1.0)"),
-    ("prune-channels:ratio=-0.1", "out of range"),
-    ("prune-channels:round-to=0", "round-to=0 is out of range"),
-    ("prune-channels:criterion=l3", "criterion must be one of l1, l2, fpgm, bn-scale"),
-    ("prune-channels:scope=world", "scope must be one of local, global"),
-])
-def test_bad_options(spec, message):
-    with pytest.raises(UsageError) as info:
-        REGISTRY.create(spec)
-    assert message in str(info.value)
-
-
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10**6), ratio=st.sampled_from([0.1, 0.3, 0.5, 0.8]),
        criterion=st.sampled_from(["l1", "l2", "fpgm"]), scope=st.sampled_from(["local", "global"]),
@@ -165,6 +152,11 @@ def test_group_ratios_override_one_group():
 
 
 @pytest.mark.parametrize("spec, message", [
+    ("prune-channels:ratio=1.0", "ratio=1.0 is out of range [0.0, 1.0)"),
+    ("prune-channels:ratio=-0.1", "out of range"),
+    ("prune-channels:round-to=0", "round-to=0 is out of range"),
+    ("prune-channels:criterion=l3", "criterion must be one of l1, l2, fpgm, bn-scale"),
+    ("prune-channels:scope=world", "scope must be one of local, global"),
     ("prune-channels:group-ratios=c1", "group-ratios entries are SOURCE=RATIO"),
     ("prune-channels:group-ratios=c1=1.5", "group-ratios entries are SOURCE=RATIO"),
     ("prune-channels:reconstruct=magic", "reconstruct must be one of auto, ls, lasso, none"),
@@ -172,7 +164,7 @@ def test_group_ratios_override_one_group():
     ("prune-channels:calib-rows=3", "calib-rows=3 is out of range"),
     ("prune-channels:scope=everywhere", "scope must be one of local, global, error"),
 ])
-def test_bad_recovery_options(spec, message):
+def test_bad_options(spec, message):
     with pytest.raises(UsageError) as info:
         REGISTRY.create(spec)
     assert message in str(info.value) and "\n" not in str(info.value)
