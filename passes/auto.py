@@ -7,8 +7,10 @@ After::   the model with per-group pruning ratios and per-layer ranks (and, with
           ``methods=prune|lowrank|quantize``, quantization last) that met both, measured;
           or the best point found, with ``target_met: false``.
 
-When: the context has calibration data (the search scores every candidate on it; the
-evaluation split is never touched, so the caller's validation stays honest).
+When: the context has calibration data. ``holdout=0.5`` of it (seeded) never enters a fit
+(reconstruction, quantization ranges): the sweep and every point are scored on that part,
+so the search's drops are not flattered by its own refits. The caller's evaluation split is
+never touched, so the caller's validation stays honest.
 
 How (see :mod:`onnxprune.sensitivity` and :mod:`onnxprune.allocate`):
 
@@ -21,7 +23,7 @@ How (see :mod:`onnxprune.sensitivity` and :mod:`onnxprune.allocate`):
    drop d_q), and the prune/low-rank part aims at ``speedup / q`` within ``budget − d_q``;
 4. allocation: the multiple-choice knapsack ``min Σ loss s.t. Σ gain ≥ need`` solved
    exactly by DP (why not greedy: sensitivity curves are not convex);
-5. build the allocation (prune → low rank → quantize), score it on the calibration data
+5. build the allocation (prune → low rank → quantize), score it on the held-out part
    and time it against the original (interleaved, batch 1, ``threads`` of the target);
 6. back off: too slow → raise ``need`` by the measured shortfall; too lossy → scale the
    predicted losses by measured/predicted and solve ``max Σ gain s.t. Σ loss ≤ budget``

@@ -3,7 +3,11 @@ predict the evaluation-split top-1 drop of a single-group pruning better than to
 same 64? One channel group at a time pruned at ratio 0.25 (criterion l1, round-to 16,
 default reconstruction, guard off).
 
-    python tools/exp_soft_accuracy.py mobilenetv2      # rows to build/soft_exp_<model>.json
+    python tools/exp_soft_accuracy.py mobilenetv2 [GROUP ...]   # rows to build/soft_exp_<model>.json
+
+Without GROUPs every 1/14th of the model's channel groups is cut. The rows in
+docs/benchmarks/soft_accuracy.md were measured on the groups listed there (taken from
+auto's sweep table by a predecessor of this script); pass them to reproduce those rows.
 
 Result: docs/benchmarks/soft_accuracy.md (top-1 ranked better; soft-accuracy stays opt-in).
 """
@@ -44,9 +48,9 @@ def main() -> int:
     from onnxprune.channels import analyze
     from onnxprune.model import Model
 
-    groups = sorted({g.sources[0] for g in analyze(Model(proto)).groups if g.sources})
+    groups = sys.argv[2:] or sorted({g.sources[0] for g in analyze(Model(proto)).groups if g.sources})
     rows = []
-    for k in groups[:: max(1, len(groups) // 14)]:
+    for k in (groups if sys.argv[2:] else groups[:: max(1, len(groups) // 14)]):
         t = time.time()
         spec = f"prune-channels:ratio=0,group-ratios={k}=0.25,criterion=l1,round-to=16,latency-guard=false"
         out, _ = run_passes(proto, [spec], ctx=ctx)
