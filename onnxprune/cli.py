@@ -1,7 +1,8 @@
 """Command line: ``onnxprune MODEL --passes ... -o OUT [--report R] [--data D]``.
 
-Only this module prints. Expected failures print one line on stderr and exit with the
-code of their :mod:`onnxprune.errors` class; ``-v`` adds logging and tracebacks.
+Only this module prints (and its progress line, :mod:`onnxprune.progress`). Expected
+failures print one line on stderr and exit with the code of their :mod:`onnxprune.errors`
+class; ``-v`` adds logging and tracebacks.
 
 Order of a run: everything that can be checked before the work is (arguments, pass
 options, that the output and report folders are writable, that onnxruntime can run the
@@ -16,24 +17,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import logging
 import math
 import os
-import re
-import shutil
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterator, NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 from onnxprune import __version__
 from onnxprune.errors import OnnxPruneError, PassCrash, QualityError, UnsupportedError, UsageError
-
-PROG = "onnxprune"
+from onnxprune.progress import PROG, Collect, Progress, collector
 
 
 class _Parser(argparse.ArgumentParser):
@@ -201,136 +197,6 @@ def pass_help(name: str, *, header: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Progress:
-    """One self-rewriting line on stderr while a run works: stage k/n, its detail, elapsed.
-
-    Only on a terminal (never lines of it in a log). A background thread redraws it
-    twice a second, so the clock moves during a long pass. Terminals that report no
-    width get 80 columns (tqdm disables itself there, which is why no bar ever showed).
-    """
-
-    def __init__(self, steps: int, stream: Any = None, enabled: bool | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = _isatty(self.stream) if enabled is None else enabled
-        self.steps = steps
-        self.step = 0
-        self.label = "starting"
-        self.detail = ""
-        self.t0 = time.perf_counter()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if self.enabled:
-            self._thread = threading.Thread(target=self._loop, daemon=True)
-            self._thread.start()
-
-    def stage(self, label: str) -> None:
-        with self._lock:
-            self.step += 1
-            self.label, self.detail = label, ""
-        self._draw()
-
-    def update(self, detail: str) -> None:
-        with self._lock:
-            self.detail = detail
-        self._draw()
-
-    def batches(self, done: int, total: int) -> None:
-        self.update(f"{done}/{total} batches")
-
-    @contextlib.contextmanager
-    def relay(self) -> Iterator[None]:
-        """While the data loads, stderr is a stand-in that turns the loader's tqdm bar
-        into this line's detail ("450/1000 img"), so two bars never fight for the line."""
-        if not self.enabled:
-            yield
-            return
-        with contextlib.redirect_stderr(_Relay(self)):
-            yield
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.5):
-            self._draw()
-
-    def line(self) -> str:
-        with self._lock:
-            elapsed = time.perf_counter() - self.t0
-            text = f"{PROG} [{min(self.step, self.steps)}/{self.steps}] {self.label}"
-            if self.detail:
-                text += f" {self.detail}"
-            done = min(self.step - 1, self.steps) / max(self.steps, 1)
-        bar = "#" * int(done * 20)
-        return f"{text}  |{bar.ljust(20)}| {elapsed:.1f}s"
-
-    def _draw(self) -> None:
-        if not self.enabled:
-            return
-        cols = shutil.get_terminal_size((80, 24)).columns or 80
-        try:
-            self.stream.write("\r\x1b[2K" + self.line()[: cols - 1])
-            self.stream.flush()
-        except (OSError, ValueError):
-            self.enabled = False
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1)
-        if self.enabled:
-            try:
-                self.stream.write("\r\x1b[2K")
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
-        self.enabled = False
-
-
-class _Relay(io.TextIOBase):
-    """A terminal-looking stream that forwards the last 'n/total' a tqdm bar wrote."""
-
-    _COUNT = re.compile(r"(\d+)/(\d+)")
-
-    def __init__(self, progress: Progress) -> None:
-        super().__init__()
-        self.progress = progress
-
-    def isatty(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        found = self._COUNT.findall(text)
-        if found:
-            done, total = found[-1]
-            self.progress.update(f"{done}/{total}")
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-class _Collect(logging.Handler):
-    """Library warnings go to the report and the summary, not stderr (one line on error)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = f"{record.name}: {' '.join(record.getMessage().split())}"
-        except Exception:  # a bad format string must not break the run
-            text = f"{record.name}: {record.msg}"
-        if text not in self.messages:
-            self.messages.append(text)
-
-
 def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
     from onnxprune.api import make_passes, prepare_data, run_passes
     from onnxprune.cost import model_cost
@@ -431,7 +297,7 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
         with contextlib.suppress(Exception):  # protobuf cannot size a message over 2 GB: the file says later
             report["after"]["size_bytes"] = int(result.ByteSize())
     report["seconds"] = round(time.perf_counter() - t0, 3)
-    collected = _collector()
+    collected = collector()
     if collected is not None and collected.messages:
         report["diagnostics"] = list(collected.messages)
     texts = {r: render(report, r) for r in args.report}
@@ -553,13 +419,6 @@ def _explain_crash(exc: PassCrash, model: Any) -> OnnxPruneError:
     return exc
 
 
-def _collector() -> _Collect | None:
-    for h in logging.getLogger().handlers:
-        if isinstance(h, _Collect):
-            return h
-    return None
-
-
 def _fidelity(validation: dict[str, Any]) -> tuple[str, float] | None:
     """The fidelity figure the gate and the collapse warning read: top-1 agreement for
     classifiers, else the lowest per-position argmax agreement of sequence outputs,
@@ -661,7 +520,7 @@ def _setup_logging(verbose: bool) -> None:
     logging.captureWarnings(True)  # warnings.warn (numpy, onnx) would be extra stderr lines
     root = logging.getLogger()
     for h in list(root.handlers):
-        if isinstance(h, _Collect) or getattr(h, "_onnxprune", False):
+        if isinstance(h, Collect) or getattr(h, "_onnxprune", False):
             root.removeHandler(h)
     handler: logging.Handler
     if verbose:
@@ -670,7 +529,7 @@ def _setup_logging(verbose: bool) -> None:
         handler._onnxprune = True  # type: ignore[attr-defined]
         root.setLevel(logging.INFO)
     else:
-        handler = _Collect()
+        handler = Collect()
         root.setLevel(logging.WARNING)
     root.addHandler(handler)
 

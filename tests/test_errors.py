@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import cli
+from onnxprune import cli, progress
 from onnxprune.errors import EXIT_CODES, OnnxPruneError, PassCrash, VerificationError
 from onnxprune.manager import Pass, PassResult
 
@@ -271,10 +271,10 @@ def test_python_warnings_are_collected_too():
     import sys
 
     code = ("import logging, warnings\n"
-            "from onnxprune import cli\n"
+            "from onnxprune import cli, progress\n"
             "cli._setup_logging(False)\n"
             "warnings.warn('numpy says hello', UserWarning)\n"
-            "print([m for h in logging.getLogger().handlers if isinstance(h, cli._Collect) for m in h.messages])\n")
+            "print([m for h in logging.getLogger().handlers if isinstance(h, progress.Collect) for m in h.messages])\n")
     r = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert "numpy says hello" in r.stdout
@@ -302,7 +302,7 @@ def test_progress_line_on_a_terminal():
             return True
 
     stream = Tty()
-    prog = cli.Progress(3, stream=stream)
+    prog = progress.Progress(3, stream=stream)
     prog.stage("loading")
     prog.stage("prune-channels")
     prog.update("12/40 batches")
@@ -310,7 +310,7 @@ def test_progress_line_on_a_terminal():
     text = stream.getvalue()
     assert "[2/3] prune-channels 12/40 batches" in text and "\r" in text and "\n" not in text
     plain = io.StringIO()  # not a terminal: nothing at all
-    prog = cli.Progress(3, stream=plain)
+    prog = progress.Progress(3, stream=plain)
     prog.stage("x")
     prog.close()
     assert plain.getvalue() == ""
@@ -326,7 +326,7 @@ def test_data_loading_bar_becomes_the_progress_detail():
             return True
 
     stream = Tty()
-    prog = cli.Progress(4, stream=stream)
+    prog = progress.Progress(4, stream=stream)
     prog.stage("loading data")
     with prog.relay():
         sys.stderr.write("\rloading images:  45%|####5     | 450/1000 [00:01<00:01, 400.00img/s]")
