@@ -11,7 +11,9 @@ then the reports are rendered (a renderer failing fails here, with nothing writt
 then the model is saved and the reports written beside it with the model's permissions.
 On a terminal one progress line shows the stage and the elapsed time; when stderr is
 not a terminal nothing but the one error line ever goes there. Library warnings are
-collected into the report and the summary instead of stderr.
+collected into the report and the summary instead of stderr. What the validation and a
+missed target make of the run (collapse warnings, ``--max-drop``/``--min-fidelity``, the
+miss's records and error line) is in :mod:`onnxprune.gate`.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from typing import Any, NoReturn, Sequence
 
 from onnxprune import __version__
 from onnxprune.errors import OnnxPruneError, PassCrash, QualityError, UnsupportedError, UsageError
+from onnxprune.gate import gate, miss_line, missed_records, quality_warnings
 from onnxprune.progress import PROG, Collect, Progress, collector
 
 
@@ -254,7 +257,7 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
             verify(best, original, pass_name=passes[len(started) - 1].name, previous=started[:-1])
         result = best if best is not None else original
         after = cost(result)
-        pass_records = _missed_records(exc, passes, started, after if best is not None else None)
+        pass_records = missed_records(exc, passes, started, after if best is not None else None)
     report: dict[str, Any] = {
         "tool": {"name": PROG, "version": __version__},
         "input": str(args.model),
@@ -284,9 +287,9 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
         report["validation"] = validate(original, result, plan.evaluation, threads=args.threads,
                                         latency_runs=args.latency_runs, warmup=args.warmup,
                                         progress=prog.batches if prog.enabled else False)
-        report["warnings"] += _quality_warnings(report["validation"])
+        report["warnings"] += quality_warnings(report["validation"])
         if miss is None:  # a missed target already fails the run (7); the gate adds nothing
-            _gate(report["validation"], args)
+            gate(report["validation"], args)
     else:
         report["validation"] = {"skipped": "--no-validate"}
     prog.stage("writing")
@@ -334,43 +337,8 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
         if write_model:
             print(f"wrote {args.output}" + (" (the best point of a search that missed its target)" if keep else ""))
     if miss is not None:
-        raise QualityError(_miss_line(miss, keep, args, written))
+        raise QualityError(miss_line(miss, keep, args, written))
     return 0
-
-
-def _missed_records(exc: QualityError, passes: Sequence[Any], started: list[str],
-                    cost_after: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Pass records of a run whose search missed its target: the passes before it ran (their
-    own stats went down with the exception), the search's stats, and those after it, not run."""
-    from onnxprune.manager import options_dict
-
-    k = len(started) - 1
-    out: list[dict[str, Any]] = []
-    for i, p in enumerate(passes):
-        rec: dict[str, Any] = {"name": p.name, "options": options_dict(p.options), "seconds": 0.0, "cost_after": None}
-        if i < k:
-            rec.update(modified=None, stats={"note": "ran before the search; its stats are not kept when a search misses"})
-        elif i == k:
-            stats = exc.stats  # type: ignore[attr-defined]
-            rec.update(modified=getattr(exc, "best_model", None) is not None, stats=stats, cost_after=cost_after,
-                       seconds=float(stats.get("search_seconds") or 0.0))
-        else:
-            rec.update(modified=False, stats={"note": f"not run: {passes[k].name} missed its target"})
-        out.append(rec)
-    return out
-
-
-def _miss_line(exc: QualityError, keep: bool, args: argparse.Namespace, written: list[Path]) -> str:
-    """The one error line of a missed target: the search's verdict and what was written."""
-    wrote = [str(p) for p in written]
-    if keep:
-        wrote.insert(0, f"the best point to {args.output} (--keep-best)")
-    elif args.keep_best:
-        wrote.insert(0, "no model (no point held the quality budget)")
-    elif args.output:
-        wrote.insert(0, "no model (--keep-best writes the best point)")
-    what = ", ".join(wrote) if wrote else "nothing (--report writes the search's points)"
-    return f"{exc}; wrote {what}"
 
 
 def _shapes_used(model: Any, shapes: dict[str, tuple[int, ...]], args: argparse.Namespace,
@@ -417,57 +385,6 @@ def _explain_crash(exc: PassCrash, model: Any) -> OnnxPruneError:
                                 f"({node.op_type} node {node.name!r}{f' and {len(flow) - 1} more' if len(flow) > 1 else ''}): "
                                 f"{type(exc.__cause__).__name__}: {exc.__cause__}")
     return exc
-
-
-def _fidelity(validation: dict[str, Any]) -> tuple[str, float] | None:
-    """The fidelity figure the gate and the collapse warning read: top-1 agreement for
-    classifiers, else the lowest per-position argmax agreement of sequence outputs,
-    else the lowest per-output cosine."""
-    if validation.get("top1_agreement") is not None:
-        return "top-1 agreement", float(validation["top1_agreement"])
-    seq = [o["argmax_agreement"] for o in validation.get("outputs", {}).values() if "argmax_agreement" in o]
-    if seq:
-        return "per-position argmax agreement", float(min(seq))
-    cos = [o.get("cosine") for o in validation.get("outputs", {}).values()]
-    if any(c is None for c in cos):
-        return "cosine", float("nan")
-    return ("cosine", float(min(cos))) if cos else None
-
-
-def _quality_warnings(validation: dict[str, Any]) -> list[str]:
-    out = []
-    acc = validation.get("accuracy")
-    if acc and acc["before"] - acc["after"] > 0.05:
-        out.append(f"accuracy collapsed: top-1 {acc['before'] * 100:.2f}% -> {acc['after'] * 100:.2f}% "
-                   f"on {acc['n']} evaluation samples")
-    fid = _fidelity(validation)
-    if fid is not None:
-        name, value = fid
-        limit = 0.9 if name == "cosine" else 0.5
-        if not value >= limit:
-            out.append(f"outputs collapsed: {name} {value:.4f} (below {limit}) on the evaluation data")
-    return out
-
-
-def _gate(validation: dict[str, Any], args: argparse.Namespace) -> None:
-    from onnxprune.errors import QualityError
-    from onnxprune.errors import UsageError as _Usage
-
-    if args.max_drop is not None:
-        acc = validation.get("accuracy")
-        if not acc:
-            raise _Usage("--max-drop needs labelled evaluation data (class folders, IDX labels or an npz 'labels' array)")
-        drop = (acc["before"] - acc["after"]) * 100
-        if drop > args.max_drop:
-            raise QualityError(f"top-1 dropped {drop:.2f} points ({acc['before'] * 100:.2f}% -> "
-                               f"{acc['after'] * 100:.2f}%), more than --max-drop {args.max_drop}; nothing written")
-    if args.min_fidelity is not None:
-        fid = _fidelity(validation)
-        if fid is None:
-            raise _Usage("--min-fidelity: the model has no float output to compare")
-        name, value = fid
-        if not value >= args.min_fidelity:
-            raise QualityError(f"{name} {value:.4f} is below --min-fidelity {args.min_fidelity}; nothing written")
 
 
 def _input_size(path: Path) -> int:

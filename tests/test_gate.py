@@ -24,7 +24,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import cli
+from onnxprune import cli, gate
 from onnxprune.data import Dataset
 from onnxprune.validate import validate
 
@@ -104,7 +104,7 @@ def test_random_32x32_passes_real_size_data_flags(capsys, files, tmp_path, kind)
         assert v["outputs"]["y"]["argmax_agreement"] < 0.2
     else:
         assert v["top1_agreement"] < 0.2
-    warnings = cli._quality_warnings(v)
+    warnings = gate.quality_warnings(v)
     assert warnings and "collapsed" in warnings[0]
 
 
@@ -166,7 +166,7 @@ def test_sequence_agreement_drives_the_gate_even_when_cosine_is_high():
     got[:, ::2, 1] += 0.02  # every other position now goes to class 1
     m = compare_outputs({"y": ref}, {"y": got})["y"]
     assert m["cosine"] > 0.999 and m["argmax_agreement"] == pytest.approx(0.5)
-    name, value = cli._fidelity({"outputs": {"y": m}})
+    name, value = gate.fidelity({"outputs": {"y": m}})
     assert name == "per-position argmax agreement" and value == pytest.approx(0.5)
 
 
