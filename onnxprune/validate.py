@@ -14,6 +14,12 @@ measured per output over all samples (flattened):
   is the same. Cosine alone hides a reader that now reads nothing: the scores stay
   close while the winning character at each position changes.
 
+Padded text (:mod:`onnxprune.padding`): with ``masks`` (the data's padding mask, a 2-D
+integer input named like ``*mask*``) an output of shape [N, T, ...] is compared at its real
+positions only (mask != 0): every metric above leaves the padded positions out, and the
+output's entry says ``masked`` (the mask input) and ``positions`` (how many were compared).
+The same rule as the evaluator's fidelity score, from the same helper.
+
 Non-finite values in ``got`` make the metrics ``None`` and are counted in ``nonfinite``.
 
 Before any work, :func:`preflight` refuses (exit 6, one uncut line) a model onnxruntime
@@ -78,11 +84,16 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def _metrics(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+def _metrics(ref: np.ndarray, got: np.ndarray, keep: np.ndarray | None = None) -> dict[str, Any]:
+    """The metrics of one output; ``keep`` ([N, T] bool): compare only those positions."""
+    m: dict[str, Any] = {"shape": list(ref.shape)}
+    full_ref, full_got = ref, got
+    if keep is not None:
+        ref, got = ref[keep], got[keep]  # [K, ...]: the real positions only
+        m["positions"] = int(keep.sum())
     r = ref.astype(np.float64).ravel()
     g = got.astype(np.float64).ravel()
-    nonfinite = int(np.size(g) - np.count_nonzero(np.isfinite(g)))
-    m: dict[str, Any] = {"shape": list(ref.shape), "nonfinite": nonfinite}
+    m["nonfinite"] = int(np.size(g) - np.count_nonzero(np.isfinite(g)))
     if r.size == 0:
         m.update(max_abs=0.0, mean_abs=0.0, max_rel=0.0, cosine=1.0)
         return m
@@ -103,11 +114,12 @@ def _metrics(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
         max_rel=_finite_or_none(max_abs / peak if peak else (0.0 if max_abs == 0 else math.inf)),
         cosine=_finite_or_none(cosine),
     )
-    rs, gs = _scores(ref), _scores(got)
+    rs, gs = _scores(full_ref), _scores(full_got)  # the kind of output is read off its full shape
     if rs is not None and gs is not None:
         m["top1_agreement"] = float(np.mean(rs.argmax(axis=-1) == gs.argmax(axis=-1)))
-    elif _is_sequence(ref):
-        m["argmax_agreement"] = float(np.mean(ref.argmax(axis=-1) == got.argmax(axis=-1)))
+    elif _is_sequence(full_ref):
+        same = full_ref.argmax(axis=-1) == full_got.argmax(axis=-1)
+        m["argmax_agreement"] = float(np.mean(same if keep is None else same[keep])) if same.size else 1.0
     return m
 
 
@@ -116,12 +128,19 @@ def _is_sequence(a: np.ndarray) -> bool:
     return bool(np.issubdtype(a.dtype, np.floating) and a.ndim == 3 and a.shape[1] > 1 and a.shape[2] > 1)
 
 
-def compare_outputs(ref: Outputs, got: Outputs) -> dict[str, dict[str, Any]]:
+def compare_outputs(ref: Outputs, got: Outputs, masks: Mapping[str, np.ndarray] | None = None
+                    ) -> dict[str, dict[str, Any]]:
     """Per output name: max_abs, mean_abs, max_rel, cosine, (top1_agreement), shape, nonfinite.
 
     ``ref`` and ``got`` are lists of per-batch result dicts, or dicts of name -> array
-    (or list of per-batch arrays).  Their names and shapes must match.
+    (or list of per-batch arrays).  Their names and shapes must match.  ``masks``: the
+    padding mask ({input name: [N, T] array} over the same samples, see :func:`padding_masks`);
+    outputs with that sequence axis are compared at the real positions only.
     """
+    from onnxprune.padding import output_mask
+
+    mask_input, real = next(iter(masks.items())) if masks else (None, None)
+    keep_all = None if real is None else np.asarray(real) != 0
     r, g = _gather(ref), _gather(got)
     if set(r) != set(g):
         raise VerificationError(
@@ -133,8 +152,20 @@ def compare_outputs(ref: Outputs, got: Outputs) -> dict[str, dict[str, Any]]:
             raise VerificationError(
                 f"output {name!r}: shape {list(g[name].shape)} differs from the reference {list(r[name].shape)}"
             )
-        out[name] = _metrics(r[name], g[name])
+        keep = output_mask(keep_all, r[name])
+        out[name] = _metrics(r[name], g[name], keep)
+        if keep is not None:
+            out[name]["masked"] = mask_input
     return out
+
+
+def padding_masks(dataset: Dataset) -> dict[str, np.ndarray] | None:
+    """{mask input: [N, T] mask over all of ``dataset``'s batches}, or None when it has none."""
+    from onnxprune.padding import mask_name, real_positions, stack_masks
+
+    name = mask_name(dataset.batches[0]) if dataset.batches else None
+    stacked = stack_masks([real_positions(b) for b in dataset.batches]) if name is not None else None
+    return None if name is None or stacked is None else {name: stacked}
 
 
 def accuracy(outputs: Sequence[np.ndarray], labels: np.ndarray) -> float:
@@ -244,7 +275,7 @@ def validate(
 
     report: dict[str, Any] = {
         "data": {"source": dataset.source, "n_samples": dataset.n_samples, "batches": len(dataset.batches)},
-        "outputs": compare_outputs(ref, got),
+        "outputs": compare_outputs(ref, got, padding_masks(dataset)),
         "classifier_output": classifier,
     }
     if classifier is not None:
@@ -255,12 +286,16 @@ def validate(
         report["accuracy"] = {"before": before, "after": after, "delta": after - before, "n": int(len(dataset.labels))}
     report["latency"] = None
     if latency_runs:
-        before_l, after_l = measure_latency([s_orig, s_comp], dataset.batches[0], warmup=warmup, runs=latency_runs)
+        from onnxprune.padding import representative_sample
+
+        # padded text: the batch with the longest sample, as the latency guards and auto time
+        lat_feed = dataset.batches[representative_sample(dataset)[0]]
+        before_l, after_l = measure_latency([s_orig, s_comp], lat_feed, warmup=warmup, runs=latency_runs)
         report["latency"] = {
             "threads": threads,
             "runs": latency_runs,
             "warmup": warmup,
-            "batch": _batch_len(dataset.batches[0]),
+            "batch": _batch_len(lat_feed),
             "before_ms": before_l["median_ms"],
             "after_ms": after_l["median_ms"],
             "ratio": after_l["median_ms"] / before_l["median_ms"],
