@@ -460,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] == "explain":
             return explain(argv[1:])
         if argv and argv[0] == "sensitivity":
-            from onnxprune.sensitivity import main as sensitivity_main
+            from onnxprune.sensitivity_cli import main as sensitivity_main
             return sensitivity_main(argv[1:])
         if argv and argv[0] == "help":
             return help_command([a for a in argv[1:] if a not in ("-v", "--verbose")])
