@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from onnxprune.errors import UsageError
-from onnxprune.sensitivity import SweepSettings, curves_svg, layer_times, sweep, table_markdown
+from onnxprune.layer_latency import layer_times
+from onnxprune.sensitivity import SweepSettings, curves_svg, sweep, table_markdown
 
 
 def _settings_from_passes(specs: Sequence[str], base: SweepSettings) -> SweepSettings:

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.context import Evaluator, PassContext, Target
 from onnxprune.data import load_dataset
+from onnxprune.layer_latency import signatures
 from onnxprune.runtime import make_session
 from onnxprune.sensitivity import (
     SweepSettings,
@@ -17,7 +18,6 @@ from onnxprune.sensitivity import (
     kept_channels,
     knobs,
     prune_spec,
-    signatures,
     sweep,
     table_markdown,
 )

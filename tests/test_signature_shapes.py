@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.sensitivity import signatures
+from onnxprune.layer_latency import signatures
 from onnxprune.shapes import infer_shapes, tensor_shapes, with_input_shapes
 
 
