@@ -49,24 +49,21 @@ from onnxprune.allocate import Choice, Knob, max_gain, min_loss
 from onnxprune.context import Evaluator, PassContext
 from onnxprune.errors import QualityError, UsageError
 from onnxprune.executor import EXECUTORS
+from onnxprune.layer_latency import batch1_feed, layer_times, measure_models, signatures
 from onnxprune.manager import Pass, PassResult, check_range
 from onnxprune.model import Model, model_size_bytes
 from onnxprune.sensitivity import (
     SweepSettings,
     apply_specs,
-    batch1_feed,
     curves_svg,
     knobs,
-    layer_times,
     load_table,
     lowrank_specs,
-    measure_models,
     pass_fields,
     prune_backend,
     prune_spec,
     round_to_of,
     run_specs,
-    signatures,
     sweep,
 )
 
@@ -216,7 +213,7 @@ class _Search:
         """Predicted speed-up of the float part (times the measured quantization factor)."""
         if self.objective != "latency" or self.times is None:
             return None
-        from onnxprune.sensitivity import LayerTimes
+        from onnxprune.layer_latency import LayerTimes
 
         lt = LayerTimes(self.ctx.latency_cache_path(), threads=self.ctx.target.threads)
         sigs = signatures(proto, self.ctx.input_shapes)

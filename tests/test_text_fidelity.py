@@ -16,8 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.context import Evaluator, PassContext
 from onnxprune.data import Dataset
+from onnxprune.layer_latency import batch1_feed
 from onnxprune.padding import output_mask, real_positions, representative_sample
-from onnxprune.sensitivity import batch1_feed
 from onnxprune.validate import compare_outputs, padding_masks, validate
 
 VOCAB, HIDDEN, T = 10, 4, 6

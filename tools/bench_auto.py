@@ -39,8 +39,9 @@ import benchlib  # noqa: E402
 from onnxprune.api import prepare_data, run_passes  # noqa: E402
 from onnxprune.context import Evaluator  # noqa: E402
 from onnxprune.errors import OnnxPruneError  # noqa: E402
+from onnxprune.layer_latency import batch1_feed, measure_models  # noqa: E402
 from onnxprune.model import load_model  # noqa: E402
-from onnxprune.sensitivity import SweepSettings, batch1_feed, measure_models, sweep  # noqa: E402
+from onnxprune.sensitivity import SweepSettings, sweep  # noqa: E402
 
 INSAMPLE = " (earlier run: checks on the fitted samples)"
 RECIPES = {"mobilenetv2": "torchvision", "efficientnet-lite0": "efficientnet-lite", "squeezenet1.1": "caffe-bgr"}

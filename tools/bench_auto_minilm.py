@@ -96,7 +96,7 @@ class Setup:
 
 
 def speed(orig: Any, model: Any, feed: Any, repeats: int = 3, runs: int = 40) -> tuple[float, float, float]:
-    from onnxprune.sensitivity import measure_models
+    from onnxprune.layer_latency import measure_models
 
     t = measure_models([orig, model], feed, runs=runs, repeats=repeats)
     r = sorted(a / b for a, b in zip(t[0], t[1]))
@@ -141,7 +141,7 @@ def feed_check(s: Setup) -> dict[str, Any]:
     """Speed-up of dynamic int8 on the search's latency feed (the first calibration sentence,
     padded to 128) and on 128 real tokens: the search times on the former."""
     from onnxprune.api import run_passes
-    from onnxprune.sensitivity import batch1_feed, measure_models
+    from onnxprune.layer_latency import batch1_feed, measure_models
 
     q, _ = run_passes(s.proto, ["quantize:mode=dynamic"], ctx=s.ctx)
     search_feed = batch1_feed(s.ctx)
