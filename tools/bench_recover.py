@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--calib-rows", type=int, default=None, help="prune-channels calib-rows (rows per batch)")
     ap.add_argument("--bn-samples", type=int, default=64, help="calibration samples of onnxsim's bn_recovery")
     ap.add_argument("--no-ours", action="store_true", help="only the original (and --onnxsim) rows")
+    ap.add_argument("--order", choices=["oneshot", "sequential", "both"], default="oneshot",
+                    help="prune-channels order: oneshot rows (shared statistics), sequential rows (built by the "
+                         "pass itself at the ratio the one-shot search found: same per-group amounts), or both")
     ap.add_argument("--out", type=Path, default=bl.DOCS)
     ap.add_argument("--stem", default="recover")
     return ap.parse_args(argv)
@@ -110,14 +113,16 @@ class Bench:
         self.ref_shapes = bl.output_shapes(bl.session(self.base), self.feed1)
         self.rows: list[dict[str, Any]] = []
         self.protos: dict[int, onnx.ModelProto] = {}
+        self.right0: np.ndarray | None = None  # which evaluation images the original gets right
 
-    def top1(self, proto: onnx.ModelProto) -> float:
+    def top1(self, proto: onnx.ModelProto) -> tuple[float, np.ndarray]:
         from onnxprune.runtime import make_session
 
         s = make_session(proto, self.args.acc_threads)
         pred = np.concatenate([s.run(None, b)[0].reshape(len(b[self.inp]), -1).argmax(1) for b in self.eval.batches])
         assert self.eval.labels is not None
-        return float(np.mean(pred == self.eval.labels))
+        right = pred == self.eval.labels
+        return float(np.mean(right)), right
 
     def measure(self, row: dict[str, Any], proto: onnx.ModelProto) -> dict[str, Any]:
         from onnxprune.cost import model_cost
@@ -126,7 +131,14 @@ class Bench:
         row.update(valid=ok, error=why)
         if ok:
             c = model_cost(proto)
-            row.update(flops_frac=c.flops / self.flops0, params=c.params, top1=self.top1(proto),
+            top1, right = self.top1(proto)
+            if self.right0 is None:
+                self.right0 = right
+            # paired against the original on the same images: the drop's 95 % interval is about
+            # ±1.96·sqrt(lost + gained)/n (McNemar's normal approximation)
+            lost, gained = int(np.sum(self.right0 & ~right)), int(np.sum(~self.right0 & right))
+            row.update(flops_frac=c.flops / self.flops0, params=c.params, top1=top1, lost=lost, gained=gained,
+                       drop_ci95=round(196.0 * np.sqrt(lost + gained) / len(right), 2),
                        sha1=hashlib.sha1(proto.SerializeToString(deterministic=True)).hexdigest())
             self.protos[len(self.rows)] = proto
         self.rows.append(row)
@@ -228,6 +240,27 @@ def _layers_summary(rep: dict[str, Any]) -> dict[str, Any]:
             "per_layer": lines}
 
 
+def sequential_row(b: Bench, crit: str, scope: str, method: str, target: float, ratio: float, search: float) -> None:
+    """prune-channels:order=sequential, built by the pass itself at the one-shot search's ratio
+    (so the same per-group amounts: the pass computes them once on the original)."""
+    from onnxprune.api import run_passes
+
+    a = b.args
+    spec = (f"prune-channels:ratio={ratio},criterion={crit},scope={scope},reconstruct={method},ridge={a.ridge},"
+            f"calib-samples={a.calib_samples},latency-guard=false,order=sequential"
+            + (f",calib-rows={a.calib_rows}" if a.calib_rows else ""))
+    t0 = time.perf_counter()
+    out, recs = run_passes(b.base, [spec], ctx=b.ctx)
+    st = recs[0].stats
+    label = method + (" held-out" if method == "ls" else "") + " seq"
+    b.measure({"criterion": crit, "scope": scope, "method": label, "order": "sequential", "target": target,
+               "ratio": round(ratio, 4), "spec": spec, "channels_removed": st.get("channels_removed"),
+               "search_seconds": round(search, 1), "seconds": round(time.perf_counter() - t0, 1),
+               "samples": a.calib_samples, "sequential_steps": st.get("per_group"),
+               "sequential_seconds": st.get("sequential_seconds"), "gram_seconds": st.get("gram_seconds"),
+               **_layers_summary(st.get("reconstruction") or {})}, out)
+
+
 def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[str, Any]:
     from onnxprune.passes import prune_channels as pc
 
@@ -264,6 +297,10 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
             search = time.perf_counter() - t1
             for method in methods:
                 if method == "lasso" and args.lasso_targets is not None and target not in args.lasso_targets:
+                    continue
+                if args.order != "oneshot" and method != "lasso":
+                    sequential_row(b, crit, scope, method, target, ratio, search)
+                if args.order == "sequential":
                     continue
                 t2 = time.perf_counter()
                 atoms, st = prep.atoms(ratio, method)
@@ -454,9 +491,10 @@ def render(result: dict[str, Any], env: dict[str, Any]) -> str:
                          bl.pct(r.get("flops_frac")), "" if r.get("top1") is None else f"{100 * r['top1']:.1f}",
                          "" if r.get("top1") is None else f"{100 * r['top1'] - base:+.1f}", lat,
                          "" if r.get("params") is None else f"{r['params'] / 1e6:.2f}", rel, r.get("seconds", ""),
+                         "" if "lost" not in r else f"{r['lost']}/{r['gained']} (±{r['drop_ci95']:.1f})",
                          "" if r.get("valid", True) else r.get("error", "invalid")])
         out += [bl.md_table(["criterion", "scope", "reconstruct", "calib", "target", "ratio", "FLOPs %", "top-1", "Δ", "latency",
-                             "params M", "rel err", "s", "error"], rows), ""]
+                             "params M", "rel err", "s", "lost/gained (±95 %)", "error"], rows), ""]
         for model, cut, pts in TARGETS:
             if model != m["model"]:
                 continue
