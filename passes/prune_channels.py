@@ -86,6 +86,7 @@ class Options:
     group-ratios: per-group ratio overrides, SOURCE=RATIO|... keyed by the group's source node name
     round-parts: round each Split/Concat piece of a group that a conv reads or writes to round-to, not only the group's total
     order: oneshot (every group chosen on the original's statistics, then all consumers refit) or sequential (group by group: chosen on the pruned and refit model's activations, then its consumers refit; needs data)
+    select: order=sequential's choice within a group: criterion (its scores on the current model) or refit (greedy elimination by the consumers' least-squares refit error to the original's outputs)
     """
 
     ratio: float = 0.3
@@ -103,12 +104,17 @@ class Options:
     group_ratios: tuple[str, ...] = ()
     round_parts: bool = True
     order: Literal["oneshot", "sequential"] = "oneshot"
+    select: Literal["criterion", "refit"] = "criterion"
 
     def __post_init__(self) -> None:
         if self.order not in ("oneshot", "sequential"):
             raise UsageError(f"pass prune-channels: order must be oneshot or sequential, got {self.order!r}")
         if self.order == "sequential" and self.reconstruct == "lasso":
             raise UsageError("pass prune-channels: order=sequential chooses with the criterion; use reconstruct=ls or none")
+        if self.select not in ("criterion", "refit"):
+            raise UsageError(f"pass prune-channels: select must be criterion or refit, got {self.select!r}")
+        if self.select == "refit" and self.order != "sequential":
+            raise UsageError("pass prune-channels: select=refit needs order=sequential")
         check_range("prune-channels", "ratio", self.ratio, 0.0, 1.0, hi_open=True)
         if self.criterion not in CRITERIA:
             raise UsageError(f"pass prune-channels: criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
@@ -467,6 +473,34 @@ def only_group(analysis: Analysis, gid: int) -> Analysis:
     return dataclasses.replace(analysis, atoms=atoms)
 
 
+def _refit_scores(view: Analysis, g: Any, model: Model, snapshot: onnx.ModelProto, k: int,
+                  pruned: dict[str, np.ndarray], axes: dict[str, int], opts: Options,
+                  ctx: PassContext) -> np.ndarray | None:
+    """select=refit: scores (the elimination rank; NaN where not prunable) of group ``g``'s atoms by
+    :func:`onnxprune.reconstruct.refit_elimination` on its consumers (None: no consumer has a Gram)."""
+    data = ctx.require_data("prune-channels", "select=refit")
+    tensors = {view.ctx.spaces[s].tensor for s in g.spaces}
+    only = {m.node for m in view.ctx.members if m.role is Role.CONSUMER and m.space in set(g.spaces)}
+    nodes = rc.consumers(model.graph, tensors, only)
+    grams = rc.selection_grams(model.to_onnx(), snapshot, nodes, pruned, data,
+                               rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples,
+                                          ctx.target.threads, ctx.seed), axes)
+    items = []
+    for n in nodes:
+        if n.name in grams and grams[n.name].xtx is not None:
+            sp = view.ctx.by_tensor[n.inputs[0].name]
+            items.append((grams[n.name], np.repeat(view.atom_of[sp.id], rc.channel_blocks(n))))
+    if not items:
+        return None
+    cands = [a for a in view.prunable_atoms(g)]
+    order = rc.refit_elimination(items, cands, min(k, len(cands)), max(opts.ridge, 1e-6))
+    scores = np.full(len(view.atoms), np.nan)
+    rank = {a: i for i, a in enumerate(order)}
+    for j, a in enumerate(cands):
+        scores[a] = rank.get(a, len(order) + j)
+    return scores
+
+
 def sequential_prune(model: Model, snapshot: onnx.ModelProto, quota: dict[str, int], opts: Options, round_to: int,
                      method: str, ctx: PassContext) -> dict[str, Any]:
     """order=sequential: per group, in topological order, score its atoms with the criterion on
@@ -492,9 +526,13 @@ def sequential_prune(model: Model, snapshot: onnx.ModelProto, quota: dict[str, i
             steps.append({"source": src, "removed": 0, "note": "group no longer prunable"})
             continue
         view = only_group(analysis, g.id)
-        # a fresh criterion each step: a data criterion caches by tensor names and sizes, which an
-        # upstream removal leaves as they were
-        scores, _ = get_criterion(opts.criterion).score(view, model, ctx)
+        scores = None
+        if opts.select == "refit":
+            scores = _refit_scores(view, g, model, snapshot, quota[src], pruned_all, axes_all, opts, ctx)
+        if scores is None:
+            # a fresh criterion each step: a data criterion caches by tensor names and sizes, which an
+            # upstream removal leaves as they were
+            scores, _ = get_criterion(opts.criterion).score(view, model, ctx)
         t_score = time.perf_counter() - t1
         atoms = choose_atoms(view, scores, opts, round_to, {g.id: quota[src]})
         if not atoms:

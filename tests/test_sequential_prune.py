@@ -104,7 +104,7 @@ def _rel_err(model: onnx.ModelProto, ref: onnx.ModelProto, data: Dataset) -> flo
     return float(np.sum((y - r) ** 2) / np.sum(r ** 2))
 
 
-@pytest.mark.parametrize("criterion", ["thinet", "activation"])
+@pytest.mark.parametrize("criterion", ["thinet", "activation", "refit"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sequential_sees_what_the_first_removal_did(criterion, seed):
     """Property (stated for this construction, where the math fixes it): both orders remove a0 from
@@ -114,9 +114,11 @@ def test_sequential_sees_what_the_first_removal_did(criterion, seed):
     the calibration data equals that of pruning A alone, and is below one-shot's."""
     proto, data = _chain(seed), _data(seed)
     ctx = _ctx(data)
+    select = ",select=refit" if criterion == "refit" else ""
+    criterion = "thinet" if criterion == "refit" else criterion  # select=refit: the one-shot rows' criterion
     base = f"prune-channels:ratio=0,criterion={criterion},round-to=1,latency-guard=false,reconstruct=ls,ridge=0"
     both = ",group-ratios=convA=0.2|convB=0.2"
-    seq, rs = run_passes(proto, [base + both + ",order=sequential"], ctx=ctx)
+    seq, rs = run_passes(proto, [base + both + ",order=sequential" + select], ctx=ctx)
     one, ro = run_passes(proto, [base + both], ctx=ctx)
     a_only, _ = run_passes(proto, [base + ",group-ratios=convA=0.2"], ctx=ctx)
     for m in (seq, one, a_only):
@@ -136,6 +138,34 @@ def test_sequential_sees_what_the_first_removal_did(criterion, seed):
     e_seq, e_one, e_a = (_rel_err(m, proto, data) for m in (seq, one, a_only))
     assert e_seq <= e_a * (1 + 1e-3) + 1e-9
     assert e_seq < e_one
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 3))
+def test_refit_elimination_matches_brute_force(seed, k):
+    """select=refit's greedy: with as many steps as atoms it is the exact one-at-a-time backward
+    elimination, each step the atom whose removal leaves the least least-squares error (with an
+    intercept) of Y on the rest, by brute force over lstsq; the rank-k downdates agree with it."""
+    from onnxprune import reconstruct as rc
+    from onnxprune.activations import Gram
+
+    rng = np.random.default_rng(seed)
+    n, f = 400, 6
+    x = rng.normal(size=(n, f)) @ rng.normal(size=(f, f)) + rng.normal(size=f)
+    y = x @ rng.normal(size=(f, 3)) + 0.5 * rng.normal(size=(n, 3)) + 1.0
+    g = Gram()
+    g.update(x, y)
+    got = rc.refit_elimination([(g, np.arange(f))], list(range(f)), k, ridge=1e-12, steps=f)
+
+    def err(keep: list[int]) -> float:
+        a = np.hstack([x[:, keep], np.ones((n, 1))])
+        return float(np.sum((a @ np.linalg.lstsq(a, y, rcond=None)[0] - y) ** 2))
+
+    want: list[int] = []
+    for _ in range(k):
+        left = [j for j in range(f) if j not in want]
+        want.append(min(left, key=lambda j: err([i for i in left if i != j])))
+    assert got == want
 
 
 def test_only_group_view_and_order():

@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--order", choices=["oneshot", "sequential", "both"], default="oneshot",
                     help="prune-channels order: oneshot rows (shared statistics), sequential rows (built by the "
                          "pass itself at the ratio the one-shot search found: same per-group amounts), or both")
+    ap.add_argument("--select", type=_list, default=["criterion"],
+                    help="sequential rows for each: criterion (its scores on the current model) or refit")
     ap.add_argument("--out", type=Path, default=bl.DOCS)
     ap.add_argument("--stem", default="recover")
     return ap.parse_args(argv)
@@ -240,7 +242,8 @@ def _layers_summary(rep: dict[str, Any]) -> dict[str, Any]:
             "per_layer": lines}
 
 
-def sequential_row(b: Bench, crit: str, scope: str, method: str, target: float, ratio: float, search: float) -> None:
+def sequential_row(b: Bench, crit: str, scope: str, method: str, target: float, ratio: float, search: float,
+                   select: str = "criterion") -> None:
     """prune-channels:order=sequential, built by the pass itself at the one-shot search's ratio
     (so the same per-group amounts: the pass computes them once on the original)."""
     from onnxprune.api import run_passes
@@ -248,11 +251,12 @@ def sequential_row(b: Bench, crit: str, scope: str, method: str, target: float, 
     a = b.args
     spec = (f"prune-channels:ratio={ratio},criterion={crit},scope={scope},reconstruct={method},ridge={a.ridge},"
             f"calib-samples={a.calib_samples},latency-guard=false,order=sequential"
+            + ("" if select == "criterion" else f",select={select}")
             + (f",calib-rows={a.calib_rows}" if a.calib_rows else ""))
     t0 = time.perf_counter()
     out, recs = run_passes(b.base, [spec], ctx=b.ctx)
     st = recs[0].stats
-    label = method + (" held-out" if method == "ls" else "") + " seq"
+    label = method + (" held-out" if method == "ls" else "") + " seq" + ("" if select == "criterion" else f" {select}")
     b.measure({"criterion": crit, "scope": scope, "method": label, "order": "sequential", "target": target,
                "ratio": round(ratio, 4), "spec": spec, "channels_removed": st.get("channels_removed"),
                "search_seconds": round(search, 1), "seconds": round(time.perf_counter() - t0, 1),
@@ -299,7 +303,8 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
                 if method == "lasso" and args.lasso_targets is not None and target not in args.lasso_targets:
                     continue
                 if args.order != "oneshot" and method != "lasso":
-                    sequential_row(b, crit, scope, method, target, ratio, search)
+                    for select in args.select:
+                        sequential_row(b, crit, scope, method, target, ratio, search, select)
                 if args.order == "sequential":
                     continue
                 t2 = time.perf_counter()
