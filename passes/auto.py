@@ -230,6 +230,8 @@ class _Search:
         self.original = model.to_onnx()
         ev = ctx.evaluator if ctx.evaluator is not None else Evaluator(self.original, calib, threads=ctx.target.threads)
         split = self.hold_out(calib)
+        self.ev_all = ev
+        self.fit_data = None if split is None else split[0]
         self.check_data = None if split is None else split[1]
         self.holdout_split: dict[str, int] | None = None
         if split is not None:
@@ -348,7 +350,7 @@ class _Search:
         except Exception as exc:  # quantization refused (unsupported ops ...): the float search goes on
             self.notes.append(f"quantize failed on the original: {type(exc).__name__}: {str(exc)[:160]}")
             return False
-        p = self.measure("quantize only", q, {}, {"predicted_speedup": None})
+        p = self.cross_fit(self.measure("quantize only", q, {}, {"predicted_speedup": None}))
         if p["drop"] > self.budget and not any(kv.partition("=")[0].strip() == "exclude" for kv in opts):
             p = self.quantize_with_float_nodes(opts, p)
         self.q_speed, self.q_drop = p["speedup"], max(p["drop"], 0.0)
@@ -375,7 +377,8 @@ class _Search:
             self.notes.append("quantize exclude=auto kept no node in float: plain quantization kept")
             return plain
         label = f"quantize, {len(names)} float node" + ("s" if len(names) > 1 else "")
-        p = self.measure(label, q, {}, {"predicted_speedup": None})
+        spec = "quantize:" + ",".join(opts + ["exclude=" + "|".join(glob_escape(n) for n in names)])
+        p = self.cross_fit(self.measure(label, q, {}, {"predicted_speedup": None}), spec)
         self.notes.append(f"quantization alone dropped {plain['drop']:.4g} > budget {self.budget:g}; with "
                           f"{', '.join(names)} in float: {p['drop']:.4g} at x{p['speedup']:.3f}")
         if p["drop"] >= plain["drop"]:
@@ -383,7 +386,33 @@ class _Search:
         if any(c in n for n in names for c in ",=|"):  # not expressible in a pass spec
             self.notes.append("float node names hold ',', '=' or '|': plain quantization kept")
             return plain
-        self.qspec = "quantize:" + ",".join(opts + ["exclude=" + "|".join(glob_escape(n) for n in names)])
+        self.qspec = spec
+        return p
+
+    def cross_fit(self, p: dict[str, Any], spec: str | None = None) -> dict[str, Any]:
+        """The quantize-only point's drop measured on every calibration sample: its ranges are
+        fitted on the fit part and scored on the check part (``p``); the same recipe fitted on
+        the check part is scored on the fit part; the drop is the two pooled (two-fold
+        cross-fitting). Why: quantization's drop is the search's largest single loss and at 128
+        check images one image is 0.78 points. Measured on mobilenetv2 (percentile ranges, 128
+        images each way): 2.34 points one way, 0.78 the other; the 744 evaluation images gave
+        0.54 and 1.88 for the two fits: which samples fit the ranges moves the result as much as
+        which samples score it, so neither side alone is the estimate."""
+        if self.fit_data is None or self.check_data is None:
+            return p
+        try:
+            ev_fit = self.ev_all.on(self.fit_data)
+            q, _ = run_specs(self.original, [spec or self.qspec], self.ctx.replace(calib=self.check_data, evaluator=ev_fit))
+            other = self.scale * (ev_fit.baseline() - ev_fit.score(q))
+        except Exception as exc:  # the other fold failed: keep the one-sided measurement
+            self.notes.append(f"quantize cross-fit failed: {type(exc).__name__}: {str(exc)[:160]}")
+            return p
+        n_c, n_f = int(self.check_data.n_samples), int(self.fit_data.n_samples)
+        pooled = (p["drop"] * n_c + other * n_f) / (n_c + n_f)
+        p.update({"drop_check": p["drop"], "drop_cross": other, "drop": pooled, "cross_fit": True,
+                  "holds_quality": pooled <= self.budget + 1e-9})
+        self.notes.append(f"{p['label']}: drop {p['drop_check']:.4g} (fit part → check part), {other:.4g} "
+                          f"(check part → fit part), pooled over {n_c + n_f} samples: {pooled:.4g}")
         return p
 
     def need_for(self, factor: float) -> float:

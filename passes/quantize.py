@@ -37,6 +37,13 @@ this pass does what it leaves to its user:
   as the evaluator's drop is within ``max_drop``.
   ``exclude=PATTERN`` keeps in float the nodes whose name or op type match any
   ``|``-separated fnmatch pattern; ``exclude=none`` quantizes everything;
+* ``float-outputs=true`` (default): the Q→DQ pair onnxruntime puts on each graph output is
+  removed, so a classifier's logits are not rounded to 8 bits (it is the last op: no speed
+  is lost). Measured on mobilenetv2 (744 evaluation images, ranges from 64 calibration
+  images): top-1 drop 0.81 → 0.27 points at the same latency; from 128 / 128 / 256 images:
+  0.54 / 1.88 / 0.40 → 0.67 / 1.75 / 0.54 (one image is 0.13: a wash), and on the 128
+  held-out halves auto checks on, 2.34 / 0.78 → 1.56 / -0.78
+  (:func:`onnxprune.quantized.float_graph_outputs`);
 * a model that arrives quantized (QDQ or QLinear ops) is reported as such, unchanged.
 
 Graph inputs and outputs stay float32. Dynamic mode needs no data: weights of MatMul/Gemm
@@ -62,7 +69,7 @@ from onnxprune.context import Evaluator, PassContext
 from onnxprune.errors import UsageError
 from onnxprune.manager import Pass, PassResult, check_range
 from onnxprune.model import Model, model_size_bytes
-from onnxprune.quantized import adopt, prepare_for_quantization, quantized_ops
+from onnxprune.quantized import adopt, float_graph_outputs, prepare_for_quantization, quantized_ops
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +100,7 @@ class Options:
     search-samples: with exclude=auto, calibration samples used to score each candidate node (default 64)
     search-seconds: with exclude=auto, time bound in seconds on the per-node sweep (default 90)
     preprocess: run onnxruntime's quant_pre_process (shape inference, basic optimizations) first (default true)
+    float-outputs: graph outputs stay float: the quantizer's Q/DQ pair on each output is removed (not after Conv; default true)
     """
 
     mode: Literal["static", "dynamic"] = "static"
@@ -108,6 +116,7 @@ class Options:
     search_samples: int = 64
     search_seconds: float = 90.0
     preprocess: bool = True
+    float_outputs: bool = True
 
     def __post_init__(self) -> None:
         check_range("quantize", "percentile", self.percentile, 50.0, 100.0, lo_open=True)
@@ -151,6 +160,7 @@ class Quantize(Pass):
                 out = job.dynamic(src)
             else:
                 out = job.static(src, onnx.load(str(src)), stats)
+                stats["float_outputs"] = job.float_outputs
         if not quantized_ops(out):
             return PassResult(False, {**stats, "reason": "onnxruntime quantized no node of this model"})
         onnx.checker.check_model(out, full_check=True)
@@ -199,6 +209,7 @@ class _Job:
         self.tmp, self.opts, self.ctx = tmp, opts, ctx
         self.cache = tmp / "calibration.json"
         self.count = 0
+        self.float_outputs: list[str] = []
 
     def preprocess(self, prepared: onnx.ModelProto, stats: dict[str, Any]) -> Path:
         raw = self.tmp / "prepared.onnx"
@@ -271,6 +282,8 @@ class _Job:
             run()
         q = onnx.load(str(out))
         out.unlink()
+        if self.opts.float_outputs:
+            self.float_outputs = float_graph_outputs(q)
         return q
 
     def static(self, src: Path, float_model: onnx.ModelProto, stats: dict[str, Any]) -> onnx.ModelProto:

@@ -71,6 +71,12 @@ def main() -> int:
     ap.add_argument("--quantize-options", default="exclude=none")
     ap.add_argument("--stem", default="auto")
     ap.add_argument("--workers", type=int, default=1, help="sweep workers inside auto")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the model's earlier rows in build/bench-cache/auto/<model>.result.json; this run's rows "
+                         "replace those with the same methods and target (each row records the commit it ran at)")
+    ap.add_argument("--anchors", action="store_true",
+                    help="also measure the anchors side by side: onnxruntime int8 by hand (bench_quantize's recipe, "
+                         "64 images) and the quantize pass alone (all 256 calibration images)")
     ap.add_argument("--report-only", action="store_true",
                     help="merge the per-model results in build/bench-cache/auto/*.result.json into the report")
     bench_auto_minilm.add_arguments(ap)
@@ -111,7 +117,16 @@ def main() -> int:
         base_eval = ev.baseline()
         feed = batch1_feed(ctx)
         res: dict[str, Any] = {"split": plan.report["split"], "eval_top1": base_eval, "rows": [], "uniform": []}
+        earlier = cache / f"{name}.result.json"
+        if a.update and earlier.is_file():
+            res = {**json.loads(earlier.read_text())["result"], "split": res["split"], "eval_top1": base_eval}
+        commit = benchlib.git_version()
+        if a.anchors:
+            res["anchors"] = anchors(proto, ctx, ev, feed)
+            save(cache, name, env, res)
         # uniform baselines
+        if a.uniform:
+            res["uniform"] = []
         for r in a.uniform:
             try:
                 out, rec = run_passes(proto, [f"prune-channels:ratio={r},latency-guard=false"], ctx=ctx)
@@ -134,7 +149,9 @@ def main() -> int:
                 st = rec[0].stats
                 s = speed(proto, out, feed)
                 ch = st["chosen"] or {}
-                res["rows"].append({
+                lost, gained = paired(ev, out)
+                res["rows"] = [r for r in res["rows"] if (r["methods"], r["target"]) != (methods, target)]
+                res["rows"].append({"commit": commit, "eval_lost": lost, "eval_gained": gained,
                     "methods": methods, "target": target, "spec": spec, "seconds": round(time.perf_counter() - t, 1),
                     "target_met_on_calib": st["target_met"], "speedup": s[0], "spread": [s[1], s[2]],
                     "eval_drop": 100 * (base_eval - ev.score(out)), "calib_drop": ch.get("drop"),
@@ -169,10 +186,74 @@ def main() -> int:
     return 0
 
 
+def paired(ev: Evaluator, model: Any) -> tuple[int, int]:
+    """(lost, gained): evaluation images the original classifies right and ``model`` wrong,
+    and the reverse. The drop is (lost - gained) / n; its paired 95 % interval is
+    :func:`ci95`."""
+    import numpy as np
+
+    ev.baseline()
+    c = ev.classifier
+    assert c is not None and ev.data.labels is not None
+
+    def correct(outs: list[dict[str, Any]]) -> Any:
+        pred = np.concatenate([np.asarray(o[c]).reshape(len(o[c]), -1).argmax(1) for o in outs])
+        return pred == ev.data.labels[: len(pred)]
+
+    c0, c1 = correct(ev.reference), correct(ev.run(model))
+    return int((c0 & ~c1).sum()), int((~c0 & c1).sum())
+
+
+def ci95(lost: int, gained: int, n: int) -> float:
+    """Half-width in points of the paired 95 % interval of a top-1 drop (normal approximation
+    to the per-image differences d in {-1, 0, 1}: var = ((lost + gained) / n - mean²) / n)."""
+    mean = (lost - gained) / n
+    var = max((lost + gained) / n - mean * mean, 0.0) / n
+    return 100 * 1.96 * var ** 0.5
+
+
+def anchors(proto: Any, ctx: Any, ev: Evaluator, feed: Any) -> list[dict[str, Any]]:
+    """What a user already has, measured beside auto: onnxruntime int8 by hand (64 images)
+    and the quantize pass alone (every calibration image), timed interleaved."""
+    import bench_quantize
+
+    out = []
+    variants: list[tuple[str, Any]] = []
+    t = time.perf_counter()
+    first: list[dict[str, Any]] = []
+    for b in ctx.calib.batches:  # the first 64 calibration images, whatever the batch size
+        have = sum(len(next(iter(x.values()))) for x in first)
+        if have >= 64:
+            break
+        first.append({k: v[: 64 - have] for k, v in b.items()})
+    variants.append(("onnxruntime int8 by hand (64 images)", bench_quantize.ort_static(proto, first, anchor=True)))
+    secs = [time.perf_counter() - t]
+    t = time.perf_counter()
+    variants.append(("quantize pass alone (256 images)", run_passes(proto, ["quantize"], ctx=ctx)[0]))
+    secs.append(time.perf_counter() - t)
+    times = measure_models([proto] + [m for _, m in variants], feed, runs=40, repeats=3)
+    for i, (label, m) in enumerate(variants):
+        r = sorted(a / b for a, b in zip(times[0], times[i + 1]))
+        lost, gained = paired(ev, m)
+        out.append({"label": label, "speedup": r[len(r) // 2], "spread": [r[0], r[-1]],
+                    "eval_drop": 100 * (ev.baseline() - ev.score(m)), "eval_lost": lost, "eval_gained": gained,
+                    "size": m.ByteSize(), "seconds": round(secs[i], 1), "commit": benchlib.git_version()})
+    return out
+
+
 def save(cache: Path, name: str, env: dict[str, Any], res: dict[str, Any]) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     (cache / f"{name}.result.json").write_text(json.dumps({"environment": env, "result": res},
                                                           default=benchlib._json_default))
+
+
+def _drop(row: dict[str, Any], r: dict[str, Any]) -> str:
+    """An eval drop with its paired 95 % interval and the images lost/gained, where measured."""
+    if "eval_lost" not in row:
+        return _fmt(row["eval_drop"])
+    n = int(r["split"]["evaluation"])
+    return (f"{row['eval_drop']:.2f} ± {ci95(row['eval_lost'], row['eval_gained'], n):.2f} "
+            f"(-{row['eval_lost']}/+{row['eval_gained']})")
 
 
 def _fmt(x: float | None, d: int = 2) -> str:
@@ -192,6 +273,9 @@ def write(results: dict[str, Any], stem: str, seconds: float) -> None:
         "candidates (the first 64 of them) and every point the search measures; rows marked *earlier run* come from the "
         "code before that holdout, which checked accuracy on the samples its least-squares refits had fitted. No fine-tuning. Speed-up: original / compressed latency, onnxruntime CPU, "
         "1 thread, batch 1, timed interleaved here after the search, median of 3 repeats of 40 runs (spread min-max). "
+        "*eval drop* ± the paired 95 % interval (normal approximation over the per-image differences) and, in "
+        "brackets, the evaluation images the original got right and the model wrong (-) and the reverse (+), where "
+        "measured. *code*: the commit each row ran at. "
         "*calib drop*: what the search measured on its own check samples; *predicted*: the per-node latency model's "
         "speed-up for the chosen allocation. *met*: the search's own verdict (calibration data, its timing); "
         "a row meets the issue's bar when the model was changed, eval drop <= 1.0 and the speed-up reaches the target. "
@@ -218,14 +302,20 @@ def write(results: dict[str, Any], stem: str, seconds: float) -> None:
             changed = row["size"] != r["original_size"] or bool(row["levels"])
             ok = changed and row["eval_drop"] <= 1.0 and row["speedup"] >= row["target"]
             rows.append([row["methods"], f"{row['target']:g}x", f"{row['speedup']:.2f} ({row['spread'][0]:.2f}-{row['spread'][1]:.2f})",
-                         _fmt(row["predicted_speedup"]), _fmt(row["eval_drop"]), _fmt(row["calib_drop"]),
+                         _fmt(row["predicted_speedup"]), _drop(row, r), _fmt(row["calib_drop"]),
                          f"{row['size'] / r['original_size'] * 100:.0f} %", "yes" if row["target_met_on_calib"] else "no",
-                         "**yes**" if ok else "no", row["seconds"],
+                         "**yes**" if ok else "no", row["seconds"], row.get("commit", "earlier"),
                          "none reaches it" if best_u is None else f"ratio {best_u['ratio']:g}: {best_u['speedup']:.2f}x, "
                                                                    f"drop {best_u['drop']:.2f}"])
         lines.append(benchlib.md_table(["methods", "target", "speed-up", "predicted", "eval drop", "calib drop", "size",
-                                        "met (search)", "meets bar", "search s", "best uniform at >= that speed-up"],
+                                        "met (search)", "meets bar", "search s", "code", "best uniform at >= that speed-up"],
                                        rows))
+        if r.get("anchors"):
+            lines += ["", "Anchors, measured in the same run (eval drop on the 744 images, interleaved speed-up):", ""]
+            lines.append(benchlib.md_table(["anchor", "speed-up", "eval drop", "size", "build s", "code"],
+                                           [[x["label"], f"{x['speedup']:.2f} ({x['spread'][0]:.2f}-{x['spread'][1]:.2f})",
+                                             _drop(x, r), f"{x['size'] / r['original_size'] * 100:.0f} %", x["seconds"],
+                                             x["commit"]] for x in r["anchors"]]))
         lines += ["", "Uniform prune-channels (same criterion and reconstruction defaults, latency guard off):", ""]
         lines.append(benchlib.md_table(["ratio", "speed-up", "eval drop", "size"],
                                        [[u["ratio"], f"{u['speedup']:.2f}" if "speedup" in u else u.get("error"),

@@ -312,3 +312,45 @@ def test_calibration_is_chunked_and_minmax_ranges_unchanged():
     assert outs[0].keys() == outs[1].keys()
     for k in outs[0]:
         np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
+
+
+def _conv_head(m: onnx.ModelProto) -> onnx.ModelProto:
+    """small_cnn cut after its 1x1 conv: the graph output is a Conv's (stays quantized)."""
+    cut = onnx.ModelProto()
+    cut.CopyFrom(m)
+    nodes = [n for n in cut.graph.node if n.op_type not in ("GlobalAveragePool", "Flatten", "Gemm")]
+    del cut.graph.node[:]
+    cut.graph.node.extend(nodes)
+    del cut.graph.output[:]
+    cut.graph.output.extend([vinfo("c3", ["N", 16, 12, 12])])
+    keep = [t for t in cut.graph.initializer if t.name not in ("wf", "bf")]
+    del cut.graph.initializer[:]
+    cut.graph.initializer.extend(keep)
+    return cut
+
+
+def test_float_outputs_removes_the_output_pair_and_only_it():
+    m = small_cnn()
+    ctx = calib_ctx(m)
+    freed, rec = run_passes(m, ["quantize:calibrate=minmax"], ctx=ctx)
+    kept, _ = run_passes(m, ["quantize:calibrate=minmax,float-outputs=false"], ctx=ctx)
+    assert rec[0].stats["float_outputs"] == ["y"]
+    producers = {("freed" if g is freed else "kept"): next(n.op_type for n in g.graph.node if "y" in n.output)
+                 for g in (freed, kept)}
+    assert producers == {"freed": "Gemm", "kept": "DequantizeLinear"}
+    # exactly one Q/DQ pair fewer; everything upstream identical
+    count = lambda g, op: sum(n.op_type == op for n in g.graph.node)  # noqa: E731
+    assert count(kept, "QuantizeLinear") - count(freed, "QuantizeLinear") == 1
+    assert count(kept, "DequantizeLinear") - count(freed, "DequantizeLinear") == 1
+    x = np.random.default_rng(7).standard_normal((4, 3, 12, 12)).astype(np.float32)
+    ref = run(m, {"x": x})[0]
+    # the freed model's logits are the kept model's before their 8-bit rounding
+    e_freed, e_kept = rel_err(ref, run(freed, {"x": x})[0]), rel_err(ref, run(kept, {"x": x})[0])
+    assert e_freed <= e_kept + 1e-6
+    check_close(m, freed)
+    # a Conv's output keeps its pair (onnxruntime's QLinearConv needs the output Q)
+    c = _conv_head(m)
+    out, rec = run_passes(c, ["quantize:calibrate=minmax"], ctx=calib_ctx(c))
+    assert rec[0].stats["float_outputs"] == []
+    assert next(n.op_type for n in out.graph.node if "c3" in n.output) == "DequantizeLinear"
+    onnx.checker.check_model(out, full_check=True)
