@@ -87,6 +87,7 @@ class Options:
     round-parts: round each Split/Concat piece of a group that a conv reads or writes to round-to, not only the group's total
     order: oneshot (every group chosen on the original's statistics, then all consumers refit) or sequential (group by group: chosen on the pruned and refit model's activations, then its consumers refit; needs data)
     select: order=sequential's choice within a group: criterion (its scores on the current model) or refit (greedy elimination by the consumers' least-squares refit error to the original's outputs)
+    final-refit: order=sequential: after the last group, refit every consumer once more front to back on the final model (as oneshot does)
     """
 
     ratio: float = 0.3
@@ -105,6 +106,7 @@ class Options:
     round_parts: bool = True
     order: Literal["oneshot", "sequential"] = "oneshot"
     select: Literal["criterion", "refit"] = "criterion"
+    final_refit: bool = True
 
     def __post_init__(self) -> None:
         if self.order not in ("oneshot", "sequential"):
@@ -560,6 +562,22 @@ def sequential_prune(model: Model, snapshot: onnx.ModelProto, quota: dict[str, i
             line["refit_seconds"] = rep["seconds"]
         line["seconds"] = round(time.perf_counter() - t1, 2)
         steps.append(line)
+    if method != "none" and opts.final_refit and pruned_all:
+        # a consumer refit at its group's step has not seen the groups pruned after it upstream of it
+        # (a residual group's later readers): one more front-to-back refit on the final model
+        analysis = analyze(model, opts.protect)
+        # a MatMul refit at its step wrote its bias as an Add after it (its output renamed): not again
+        named = {o for n in snapshot.graph.node for o in n.output}
+        nodes = {n.name: n for n in model.graph.nodes}
+        only = {m.node for m in analysis.ctx.members if m.role is Role.CONSUMER
+                and analysis.ctx.spaces[m.space].tensor in pruned_all and nodes[m.node].outputs[0].name in named}
+        rep = rc.reconstruct(model, snapshot, pruned_all, data,
+                             rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples,
+                                        ctx.target.threads, ctx.seed), only=only, axes=axes_all)
+        model.refresh_shapes()
+        # "layers" is then the final refit's (the state of the model); each step's are kept beside it
+        report.update(step_layers=report["layers"], layers=rep["layers"], final_refit_seconds=rep["seconds"])
+        report["waves"] += rep["waves"]
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return {"steps": steps, "channels_removed": removed, "reconstruction": report if method != "none" else None,
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="prune-channels order: oneshot rows (shared statistics), sequential rows (built by the "
                          "pass itself at the ratio the one-shot search found: same per-group amounts), or both")
     ap.add_argument("--select", type=_list, default=["criterion"],
-                    help="sequential rows for each: criterion (its scores on the current model) or refit")
+                    help="sequential rows for each: criterion (its scores on the current model) or refit; "
+                         "a -nofinal suffix: final-refit=false")
     ap.add_argument("--out", type=Path, default=bl.DOCS)
     ap.add_argument("--stem", default="recover")
     return ap.parse_args(argv)
@@ -251,7 +252,8 @@ def sequential_row(b: Bench, crit: str, scope: str, method: str, target: float, 
     a = b.args
     spec = (f"prune-channels:ratio={ratio},criterion={crit},scope={scope},reconstruct={method},ridge={a.ridge},"
             f"calib-samples={a.calib_samples},latency-guard=false,order=sequential"
-            + ("" if select == "criterion" else f",select={select}")
+            + ("" if select.startswith("criterion") else ",select=refit")
+            + (",final-refit=false" if select.endswith("-nofinal") else "")
             + (f",calib-rows={a.calib_rows}" if a.calib_rows else ""))
     t0 = time.perf_counter()
     out, recs = run_passes(b.base, [spec], ctx=b.ctx)
