@@ -52,3 +52,19 @@ def test_no_cross_fit_without_holdout(tmp_path) -> None:
     _, rec = run_passes(m, [spec], ctx=_ctx(m, tmp_path))
     q = next(p for p in rec[0].stats["points"] if p["label"] == "quantize only")
     assert "cross_fit" not in q
+
+
+def test_a_point_that_holds_the_budget_is_confirmed_on_the_other_fold(tmp_path) -> None:
+    m = _helpers.small_cnn()
+    spec = "auto:flops=1.2,min-cosine=0.5,ratios=0.25|0.5,latency-runs=5,reconstruct=none,on-miss=best"
+    out, rec = run_passes(m, [spec], ctx=_ctx(m, tmp_path))
+    st = rec[0].stats
+    rounds = [p for p in st["points"] if p["label"].startswith("round")]
+    assert rounds
+    for p in rounds:
+        if "cross_fit" in p:  # confirmed: pooled over both folds of 32
+            assert abs(p["drop"] - (p["drop_check"] + p["drop_cross"]) / 2) < 1e-12
+            assert p["holds_quality"] == (p["drop"] <= st["budget"] + 1e-9)
+        else:  # only points that held the budget on the check part are confirmed
+            assert not p["holds_quality"] or not p["levels"]
+    assert st["chosen"] is not None and st["chosen"].get("cross_fit")

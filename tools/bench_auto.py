@@ -41,6 +41,7 @@ from onnxprune.context import Evaluator  # noqa: E402
 from onnxprune.errors import OnnxPruneError  # noqa: E402
 from onnxprune.layer_latency import batch1_feed, measure_models  # noqa: E402
 from onnxprune.model import load_model  # noqa: E402
+from onnxprune.paired import discordant, half_width  # noqa: E402
 from onnxprune.sensitivity import SweepSettings, sweep  # noqa: E402
 
 INSAMPLE = " (earlier run: checks on the fitted samples)"
@@ -188,8 +189,7 @@ def main() -> int:
 
 def paired(ev: Evaluator, model: Any) -> tuple[int, int]:
     """(lost, gained): evaluation images the original classifies right and ``model`` wrong,
-    and the reverse. The drop is (lost - gained) / n; its paired 95 % interval is
-    :func:`ci95`."""
+    and the reverse (the drop's paired 95 % interval: :mod:`onnxprune.paired`)."""
     import numpy as np
 
     ev.baseline()
@@ -200,16 +200,7 @@ def paired(ev: Evaluator, model: Any) -> tuple[int, int]:
         pred = np.concatenate([np.asarray(o[c]).reshape(len(o[c]), -1).argmax(1) for o in outs])
         return pred == ev.data.labels[: len(pred)]
 
-    c0, c1 = correct(ev.reference), correct(ev.run(model))
-    return int((c0 & ~c1).sum()), int((~c0 & c1).sum())
-
-
-def ci95(lost: int, gained: int, n: int) -> float:
-    """Half-width in points of the paired 95 % interval of a top-1 drop (normal approximation
-    to the per-image differences d in {-1, 0, 1}: var = ((lost + gained) / n - mean²) / n)."""
-    mean = (lost - gained) / n
-    var = max((lost + gained) / n - mean * mean, 0.0) / n
-    return 100 * 1.96 * var ** 0.5
+    return discordant(correct(ev.reference), correct(ev.run(model)))
 
 
 def anchors(proto: Any, ctx: Any, ev: Evaluator, feed: Any) -> list[dict[str, Any]]:
@@ -252,7 +243,7 @@ def _drop(row: dict[str, Any], r: dict[str, Any]) -> str:
     if "eval_lost" not in row:
         return _fmt(row["eval_drop"])
     n = int(r["split"]["evaluation"])
-    return (f"{row['eval_drop']:.2f} ± {ci95(row['eval_lost'], row['eval_gained'], n):.2f} "
+    return (f"{row['eval_drop']:.2f} ± {100 * half_width(row['eval_lost'], row['eval_gained'], n):.2f} "
             f"(-{row['eval_lost']}/+{row['eval_gained']})")
 
 
