@@ -301,7 +301,11 @@ def _validation_tables(report: dict[str, Any]) -> list[Table]:
     if acc:
         d = _num(acc.get("delta"))
         delta = "nan" if d is None or math.isnan(d) else f"{d * 100:+.2f}"
-        vrows.append(["top-1 accuracy", f"{_pct(acc.get('before'))} -> {_pct(acc.get('after'))} ({delta} pts)"])
+        unsure = ""
+        if acc.get("lost") is not None and acc.get("ci95") is not None:
+            unsure = (f" ±{100 * acc['ci95']:.2f}, 95 % paired: {acc['lost']} lost, {acc['gained']} gained "
+                      f"of {acc.get('n')}")
+        vrows.append(["top-1 accuracy", f"{_pct(acc.get('before'))} -> {_pct(acc.get('after'))} ({delta} pts{unsure})"])
     lat = v.get("latency")
     if lat:
         vrows.append(["latency (median)", f"{_g(lat.get('before_ms'), '.3f')} ms -> {_g(lat.get('after_ms'), '.3f')} ms, "

@@ -170,6 +170,11 @@ def padding_masks(dataset: Dataset) -> dict[str, np.ndarray] | None:
 
 def accuracy(outputs: Sequence[np.ndarray], labels: np.ndarray) -> float:
     """Top-1 accuracy (a fraction) of per-batch classifier outputs ([N,C] or [N,C,1,1])."""
+    return float(np.mean(correct(outputs, labels)))
+
+
+def correct(outputs: Sequence[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Per sample, whether the top-1 class of per-batch classifier outputs is the label."""
     parts = [np.asarray(o) for o in outputs]
     if not parts:
         raise DataError("accuracy: no outputs")
@@ -185,7 +190,7 @@ def accuracy(outputs: Sequence[np.ndarray], labels: np.ndarray) -> float:
         raise DataError(
             f"accuracy: labels range {labels.min()}..{labels.max()}, but the output has {scores.shape[1]} classes"
         )
-    return float(np.mean(scores.argmax(axis=-1) == labels))
+    return np.asarray(scores.argmax(axis=-1) == labels)
 
 
 # ---------------------------------------------------------------------------- latency
@@ -281,9 +286,16 @@ def validate(
     if classifier is not None:
         report["top1_agreement"] = report["outputs"][classifier].get("top1_agreement")
     if dataset.labels is not None and classifier is not None:
-        before = accuracy([r[classifier] for r in ref], dataset.labels)
-        after = accuracy([g[classifier] for g in got], dataset.labels)
-        report["accuracy"] = {"before": before, "after": after, "delta": after - before, "n": int(len(dataset.labels))}
+        from onnxprune.paired import discordant, half_width
+
+        c0 = correct([r[classifier] for r in ref], dataset.labels)
+        c1 = correct([g[classifier] for g in got], dataset.labels)
+        lost, gained = discordant(c0, c1)
+        n = int(len(dataset.labels))
+        report["accuracy"] = {"before": float(c0.mean()), "after": float(c1.mean()),
+                              "delta": float(c1.mean() - c0.mean()), "n": n,
+                              # the samples that decide the delta, and its paired 95 % interval
+                              "lost": lost, "gained": gained, "ci95": half_width(lost, gained, n)}
     report["latency"] = None
     if latency_runs:
         from onnxprune.padding import representative_sample

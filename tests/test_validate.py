@@ -183,7 +183,7 @@ def test_validate_model_against_itself():
     out = rep["outputs"]["scores"]
     assert out["max_abs"] == 0 and out["cosine"] == 1.0 and out["top1_agreement"] == 1.0
     assert rep["classifier_output"] == "scores" and rep["top1_agreement"] == 1.0
-    assert rep["accuracy"] == {"before": 1.0, "after": 1.0, "delta": 0.0, "n": 6}
+    assert rep["accuracy"] == {"before": 1.0, "after": 1.0, "delta": 0.0, "n": 6, "lost": 0, "gained": 0, "ci95": 0.0}
     assert rep["data"] == {"source": ds.source, "n_samples": 6, "batches": 2}
     lat = rep["latency"]
     assert lat["threads"] == 1 and lat["runs"] == 3 and lat["warmup"] == 1 and lat["batch"] == 4
@@ -208,6 +208,11 @@ def test_validate_changed_model():
     acc_after = np.mean(got.argmax(1) == ds.labels)
     assert rep["accuracy"]["after"] == pytest.approx(acc_after)
     assert rep["accuracy"]["delta"] == pytest.approx(acc_after - 1.0)
+    # labels are the original's own argmax: every changed prediction is a lost sample, none is gained
+    lost = int(np.sum(got.argmax(1) != ds.labels))
+    assert (rep["accuracy"]["lost"], rep["accuracy"]["gained"]) == (lost, 0)
+    d = (ref.argmax(1) == ds.labels).astype(float) - (got.argmax(1) == ds.labels)
+    assert rep["accuracy"]["ci95"] == pytest.approx(1.96 * d.std() / np.sqrt(len(d)))
 
 
 def test_validate_classifier_choice():
