@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--order", choices=["oneshot", "sequential", "both"], default="oneshot",
                     help="prune-channels order: oneshot rows (shared statistics), sequential rows (built by the "
                          "pass itself at the ratio the one-shot search found: same per-group amounts), or both")
+    ap.add_argument("--calib-top1", action="store_true",
+                    help="also top-1 on the 256 calibration images (in-sample: what the choices and refits saw)")
     ap.add_argument("--select", type=_list, default=["criterion"],
                     help="sequential rows for each: criterion (its scores on the current model) or refit; "
                          "a -nofinal suffix: final-refit=false")
@@ -118,13 +120,14 @@ class Bench:
         self.protos: dict[int, onnx.ModelProto] = {}
         self.right0: np.ndarray | None = None  # which evaluation images the original gets right
 
-    def top1(self, proto: onnx.ModelProto) -> tuple[float, np.ndarray]:
+    def top1(self, proto: onnx.ModelProto, data: Any = None) -> tuple[float, np.ndarray]:
         from onnxprune.runtime import make_session
 
+        data = self.eval if data is None else data
         s = make_session(proto, self.args.acc_threads)
-        pred = np.concatenate([s.run(None, b)[0].reshape(len(b[self.inp]), -1).argmax(1) for b in self.eval.batches])
-        assert self.eval.labels is not None
-        right = pred == self.eval.labels
+        pred = np.concatenate([s.run(None, b)[0].reshape(len(b[self.inp]), -1).argmax(1) for b in data.batches])
+        assert data.labels is not None
+        right = pred == data.labels
         return float(np.mean(right)), right
 
     def measure(self, row: dict[str, Any], proto: onnx.ModelProto) -> dict[str, Any]:
@@ -143,6 +146,8 @@ class Bench:
             row.update(flops_frac=c.flops / self.flops0, params=c.params, top1=top1, lost=lost, gained=gained,
                        drop_ci95=round(196.0 * np.sqrt(lost + gained) / len(right), 2),
                        sha1=hashlib.sha1(proto.SerializeToString(deterministic=True)).hexdigest())
+            if self.args.calib_top1:
+                row["calib_top1"] = self.top1(proto, self.calib)[0]
             self.protos[len(self.rows)] = proto
         self.rows.append(row)
         print(f"  [{self.name}] {row.get('criterion', ''):10s} {row.get('method', ''):6s} target {row.get('target')}: "
