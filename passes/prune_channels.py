@@ -27,19 +27,9 @@ left with no channels, a model input/output channel. With ``latency-guard`` the 
 model is timed against the original in onnxruntime (interleaved, on a calibration batch at
 its real size); if it is not faster, round-to is doubled and the choice redone, and if no
 choice is faster the pass leaves the model as it was (and says so).
-
-``order=sequential`` (He et al. 2017, ThiNet: layer by layer). The per-group amounts are the
-one-shot rule's, computed once on the original (scope=error's curves included, so the FLOPs
-and the latency the guard measured do not move); only WHICH atoms changes. For each group in
-topological order (of its first source): the criterion scores its atoms on the CURRENT model,
-whose earlier groups are already pruned and refit, the lowest go (rounded as above), and the
-group's consumers are refit to the original's outputs. Later choices so see, and a refit can
-compensate, earlier errors. Cost: one criterion pass and one refit pass over the calibration
-data per pruned group (``calib-samples`` bounds the refit's; memory is that of one group).
 """
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import math
 from dataclasses import dataclass
@@ -85,9 +75,6 @@ class Options:
     calib-samples: calibration samples used for the refit and Grams (default: all)
     group-ratios: per-group ratio overrides, SOURCE=RATIO|... keyed by the group's source node name
     round-parts: round each Split/Concat piece of a group that a conv reads or writes to round-to, not only the group's total
-    order: oneshot (every group chosen on the original's statistics, then all consumers refit) or sequential (group by group: chosen on the pruned and refit model's activations, then its consumers refit; needs data)
-    select: order=sequential's choice within a group: criterion (its scores on the current model) or refit (greedy elimination by the consumers' least-squares refit error to the original's outputs)
-    final-refit: order=sequential: after the last group, refit every consumer once more front to back on the final model (as oneshot does)
     """
 
     ratio: float = 0.3
@@ -104,19 +91,8 @@ class Options:
     calib_samples: int | None = None
     group_ratios: tuple[str, ...] = ()
     round_parts: bool = True
-    order: Literal["oneshot", "sequential"] = "oneshot"
-    select: Literal["criterion", "refit"] = "criterion"
-    final_refit: bool = True
 
     def __post_init__(self) -> None:
-        if self.order not in ("oneshot", "sequential"):
-            raise UsageError(f"pass prune-channels: order must be oneshot or sequential, got {self.order!r}")
-        if self.order == "sequential" and self.reconstruct == "lasso":
-            raise UsageError("pass prune-channels: order=sequential chooses with the criterion; use reconstruct=ls or none")
-        if self.select not in ("criterion", "refit"):
-            raise UsageError(f"pass prune-channels: select must be criterion or refit, got {self.select!r}")
-        if self.select == "refit" and self.order != "sequential":
-            raise UsageError("pass prune-channels: select=refit needs order=sequential")
         check_range("prune-channels", "ratio", self.ratio, 0.0, 1.0, hi_open=True)
         if self.criterion not in CRITERIA:
             raise UsageError(f"pass prune-channels: criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
@@ -457,132 +433,6 @@ def select_atoms(analysis: Analysis, model: Model, scores: np.ndarray, opts: Opt
     return atoms
 
 
-# ---------------------------------------------------------------------------- order=sequential
-
-
-def group_order(analysis: Analysis, model: Model) -> list[Any]:
-    """The prunable groups, by the topological position of their first source node."""
-    model.graph.toposort()
-    pos = {n.name: i for i, n in enumerate(model.graph.nodes)}
-    return sorted((g for g in analysis.groups if g.sources and analysis.prunable_atoms(g)),
-                  key=lambda g: (min(pos.get(s, 1 << 30) for s in g.sources), g.id))
-
-
-def only_group(analysis: Analysis, gid: int) -> Analysis:
-    """A view of ``analysis`` in which only group ``gid``'s atoms are prunable: a criterion then
-    measures (taps, Grams) that group's tensors alone."""
-    atoms = [dataclasses.replace(a, prunable=a.prunable and a.group == gid) for a in analysis.atoms]
-    return dataclasses.replace(analysis, atoms=atoms)
-
-
-def _refit_scores(view: Analysis, g: Any, model: Model, snapshot: onnx.ModelProto, k: int,
-                  pruned: dict[str, np.ndarray], axes: dict[str, int], opts: Options,
-                  ctx: PassContext) -> np.ndarray | None:
-    """select=refit: scores (the elimination rank; NaN where not prunable) of group ``g``'s atoms by
-    :func:`onnxprune.reconstruct.refit_elimination` on its consumers (None: no consumer has a Gram)."""
-    data = ctx.require_data("prune-channels", "select=refit")
-    tensors = {view.ctx.spaces[s].tensor for s in g.spaces}
-    only = {m.node for m in view.ctx.members if m.role is Role.CONSUMER and m.space in set(g.spaces)}
-    nodes = rc.consumers(model.graph, tensors, only)
-    grams = rc.selection_grams(model.to_onnx(), snapshot, nodes, pruned, data,
-                               rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples,
-                                          ctx.target.threads, ctx.seed), axes)
-    items = []
-    for n in nodes:
-        if n.name in grams and grams[n.name].xtx is not None:
-            sp = view.ctx.by_tensor[n.inputs[0].name]
-            items.append((grams[n.name], np.repeat(view.atom_of[sp.id], rc.channel_blocks(n))))
-    if not items:
-        return None
-    cands = [a for a in view.prunable_atoms(g)]
-    order = rc.refit_elimination(items, cands, min(k, len(cands)), max(opts.ridge, 1e-6))
-    scores = np.full(len(view.atoms), np.nan)
-    rank = {a: i for i, a in enumerate(order)}
-    for j, a in enumerate(cands):
-        scores[a] = rank.get(a, len(order) + j)
-    return scores
-
-
-def sequential_prune(model: Model, snapshot: onnx.ModelProto, quota: dict[str, int], opts: Options, round_to: int,
-                     method: str, ctx: PassContext) -> dict[str, Any]:
-    """order=sequential: per group, in topological order, score its atoms with the criterion on
-    the CURRENT model (earlier groups already pruned and their consumers refit), remove the
-    ``quota[first source]`` lowest (rounded as choose_atoms does), then refit that group's consumers
-    to the original's outputs on the calibration data. ``model`` starts as ``snapshot``."""
-    import time
-
-    t0 = time.perf_counter()
-    data = ctx.require_data("prune-channels", "order=sequential")
-    pruned_all: dict[str, np.ndarray] = {}
-    axes_all: dict[str, int] = {}
-    report: dict[str, Any] = {"method": "ls", "ridge": opts.ridge, "layers": [], "waves": 0, "samples": 0,
-                              "peak_activation_bytes": 0}
-    steps: list[dict[str, Any]] = []
-    removed = 0
-    order = [g.sources[0] for g in group_order(analyze(model, opts.protect), model) if quota.get(g.sources[0], 0) > 0]
-    for src in order:
-        t1 = time.perf_counter()
-        analysis = analyze(model, opts.protect)
-        g = next((x for x in analysis.groups if x.sources and x.sources[0] == src), None)
-        if g is None or not analysis.prunable_atoms(g):
-            steps.append({"source": src, "removed": 0, "note": "group no longer prunable"})
-            continue
-        view = only_group(analysis, g.id)
-        scores = None
-        if opts.select == "refit":
-            scores = _refit_scores(view, g, model, snapshot, quota[src], pruned_all, axes_all, opts, ctx)
-        if scores is None:
-            # a fresh criterion each step: a data criterion caches by tensor names and sizes, which an
-            # upstream removal leaves as they were
-            scores, _ = get_criterion(opts.criterion).score(view, model, ctx)
-        t_score = time.perf_counter() - t1
-        atoms = choose_atoms(view, scores, opts, round_to, {g.id: quota[src]})
-        if not atoms:
-            steps.append({"source": src, "removed": 0, "score_seconds": round(t_score, 2)})
-            continue
-        pruned = removed_indices(view, atoms)
-        only, axes = refit_targets(view, pruned)
-        apply_removal(model, view, atoms)
-        model.refresh_shapes()
-        # each tensor is pruned in one step only (its group's), so indices stay those of the original
-        pruned_all.update(pruned)
-        axes_all.update(axes)
-        removed += len(atoms)
-        line: dict[str, Any] = {"source": src, "sources": list(g.sources), "channels": len(g.atoms), "removed": len(atoms),
-                                "score_seconds": round(t_score, 2)}
-        if method != "none":
-            rep = rc.reconstruct(model, snapshot, pruned_all, data,
-                                 rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples,
-                                            ctx.target.threads, ctx.seed), only=only, axes=axes_all)
-            model.refresh_shapes()
-            report["layers"] += rep["layers"]
-            report["waves"] += rep["waves"]
-            report["samples"] = rep["samples"]
-            report["peak_activation_bytes"] = max(report["peak_activation_bytes"], rep.get("peak_activation_bytes", 0))
-            line["refit_seconds"] = rep["seconds"]
-        line["seconds"] = round(time.perf_counter() - t1, 2)
-        steps.append(line)
-    if method != "none" and opts.final_refit and pruned_all:
-        # a consumer refit at its group's step has not seen the groups pruned after it upstream of it
-        # (a residual group's later readers): one more front-to-back refit on the final model
-        analysis = analyze(model, opts.protect)
-        # a MatMul refit at its step wrote its bias as an Add after it (its output renamed): not again
-        named = {o for n in snapshot.graph.node for o in n.output}
-        nodes = {n.name: n for n in model.graph.nodes}
-        only = {m.node for m in analysis.ctx.members if m.role is Role.CONSUMER
-                and analysis.ctx.spaces[m.space].tensor in pruned_all and nodes[m.node].outputs[0].name in named}
-        rep = rc.reconstruct(model, snapshot, pruned_all, data,
-                             rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples,
-                                        ctx.target.threads, ctx.seed), only=only, axes=axes_all)
-        model.refresh_shapes()
-        # "layers" is then the final refit's (the state of the model); each step's are kept beside it
-        report.update(step_layers=report["layers"], layers=rep["layers"], final_refit_seconds=rep["seconds"])
-        report["waves"] += rep["waves"]
-    report["seconds"] = round(time.perf_counter() - t0, 3)
-    return {"steps": steps, "channels_removed": removed, "reconstruction": report if method != "none" else None,
-            "seconds": round(time.perf_counter() - t0, 2)}
-
-
 # ---------------------------------------------------------------------------- the pass
 
 
@@ -609,8 +459,6 @@ class PruneChannels(Pass):
             ctx.require_data(self.name, f"reconstruct={method}")
         if opts.scope == "error":
             ctx.require_data(self.name, "scope=error")
-        if opts.order == "sequential":
-            ctx.require_data(self.name, "order=sequential")
         round_to = opts.round_to or ctx.target.vector_width
         snapshot = model.to_onnx()
         analysis = analyze(model, opts.protect)
@@ -632,8 +480,7 @@ class PruneChannels(Pass):
         stats.update(crit_stats)
         tried: list[dict[str, Any]] = []
         while True:
-            quota = select_quota(analysis, model, scores, opts, round_to, grams, snapshot, ctx, stats)
-            atoms = select_atoms(analysis, model, scores, opts, round_to, method, grams, snapshot, ctx, stats, quota)
+            atoms = select_atoms(analysis, model, scores, opts, round_to, method, grams, snapshot, ctx, stats)
             if not atoms:
                 stats.update(round_to=round_to, channels_removed=0, latency_tried=tried)
                 if tried:
@@ -660,19 +507,6 @@ class PruneChannels(Pass):
             scores, _ = criterion.score(analysis, model, ctx)
         if grams.grams is not None:
             stats["gram_seconds"] = round(grams.seconds, 3)
-        if opts.order == "sequential":
-            # the same per-group amounts (and so the latency the guard measured); which channels is
-            # chosen again group by group on the pruned model
-            by_source = {analysis.groups[gid].sources[0]: k for gid, k in quota.items()
-                         if k > 0 and analysis.groups[gid].sources}
-            model.reset(snapshot)
-            seq = sequential_prune(model, snapshot, by_source, opts, round_to, method, ctx)
-            stats.update(order="sequential", sequential_seconds=seq["seconds"], reconstruction=seq["reconstruction"],
-                         round_to=round_to, channels_removed=seq["channels_removed"], latency_tried=tried,
-                         per_group=[{"sources": x["sources"], "channels": x["channels"], "removed": x["removed"],
-                                     "score_seconds": x["score_seconds"], "seconds": x["seconds"]}
-                                    for x in seq["steps"] if x["removed"]])
-            return PassResult(seq["channels_removed"] > 0, stats)
         if method != "none":
             data = ctx.require_data(self.name, f"reconstruct={method}")
             only, axes = refit_targets(analysis, pruned)

@@ -1,5 +1,10 @@
-"""prune-channels:order=sequential (group by group: choose on the pruned model, refit, continue)."""
+"""Sequential selection (tools/bench_recover.py's experiment, measured not better than the pass's
+one-shot choice, so not in the package): group by group, choose on the pruned model, refit, continue.
+The elimination it can choose with (onnxprune.reconstruct.refit_elimination) is in the package."""
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -7,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper
-from onnxprune.passes.prune_channels import Options, PruneChannels, group_order, only_group
 
 from _support.graphgen import random_cnn
 from _support.oracles import kill_atoms, pick_atoms
@@ -16,9 +20,12 @@ from onnxprune.channels import analyze
 from onnxprune.context import PassContext
 from onnxprune.criteria import get_criterion
 from onnxprune.data import Dataset, load_dataset
-from onnxprune.errors import UsageError
 from onnxprune.model import Model, normalize
 from onnxprune.testing import make_model, run, vinfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from bench_recover import group_order, only_group, sequential_prune  # noqa: E402
+from onnxprune.passes.prune_channels import Options  # noqa: E402
 
 
 def _ctx(data: Dataset) -> PassContext:
@@ -29,11 +36,21 @@ def _outputs(model: onnx.ModelProto, data: Dataset) -> list[np.ndarray]:
     return [np.concatenate(ys) for ys in zip(*(run(model, b) for b in data.batches))]
 
 
+def _sequential(proto: onnx.ModelProto, ctx: PassContext, quota: dict[str, int], criterion: str, method: str = "ls",
+                select: str = "criterion") -> tuple[onnx.ModelProto, dict]:
+    """sequential_prune with ``quota`` atoms per group (by first source), round-to 1, ridge 0."""
+    model = Model(proto)
+    opts = Options(ratio=0.0, criterion=criterion, round_to=1, latency_guard=False, ridge=0.0)
+    stats = sequential_prune(model, proto, quota, opts, 1, method, ctx, select=select)
+    model.refresh_shapes()
+    return model.to_onnx(), stats
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), method=st.sampled_from(["none", "ls"]))
 def test_dead_channels_pruned_sequentially_leave_outputs_unchanged(seed, method):
     """Random CNN, random prunable atoms made exactly zero; per group a quota equal to its measured
-    dead count (group-ratios), criterion=activation (a dead channel scores 0): sequential removes the
+    dead count, criterion=activation (a dead channel scores 0): sequential removes the
     dead channels and the outputs on the calibration data do not move; checker and onnxruntime
     accept the result. With ls every refit target is met exactly (the kept channels reproduce it)."""
     rng = np.random.default_rng(seed)
@@ -51,15 +68,9 @@ def test_dead_channels_pruned_sequentially_leave_outputs_unchanged(seed, method)
         g = analysis.groups[analysis.atoms[a].group]
         if not np.isnan(scores[a]):
             per[g.sources[0]] = per.get(g.sources[0], 0) + 1
-    sizes = {g.sources[0]: len(g.atoms) for g in analysis.groups if g.sources}
-    ratios = tuple(f"{src}={(k + 0.5) / sizes[src]:.6f}" for src, k in per.items())
-    spec = Options(ratio=0.0, criterion="activation", round_to=1, latency_guard=False, reconstruct=method,
-                   ridge=0.0, group_ratios=ratios, order="sequential")
-    out, rec = run_passes(dead, [PruneChannels(spec)], ctx=_ctx(data))
+    out, stats = _sequential(dead, _ctx(data), per, "activation", method)
     onnx.checker.check_model(out, full_check=True)
-    stats = rec[0].stats
-    assert stats["channels_removed"] <= len(chosen)
-    assert rec[0].modified == (stats["channels_removed"] > 0)
+    assert stats["channels_removed"] == sum(per.values())
     tol = 1e-5 if method == "none" else 1e-4
     for want, got in zip(_outputs(dead, data), _outputs(out, data)):
         scale = max(float(np.abs(want).max()), 1.0)
@@ -114,16 +125,15 @@ def test_sequential_sees_what_the_first_removal_did(criterion, seed):
     the calibration data equals that of pruning A alone, and is below one-shot's."""
     proto, data = _chain(seed), _data(seed)
     ctx = _ctx(data)
-    select = ",select=refit" if criterion == "refit" else ""
+    select = "refit" if criterion == "refit" else "criterion"
     criterion = "thinet" if criterion == "refit" else criterion  # select=refit: the one-shot rows' criterion
     base = f"prune-channels:ratio=0,criterion={criterion},round-to=1,latency-guard=false,reconstruct=ls,ridge=0"
-    both = ",group-ratios=convA=0.2|convB=0.2"
-    seq, rs = run_passes(proto, [base + both + ",order=sequential" + select], ctx=ctx)
-    one, ro = run_passes(proto, [base + both], ctx=ctx)
+    seq, rs = _sequential(proto, ctx, {"convA": 1, "convB": 1}, criterion, select=select)
+    one, ro = run_passes(proto, [base + ",group-ratios=convA=0.2|convB=0.2"], ctx=ctx)
     a_only, _ = run_passes(proto, [base + ",group-ratios=convA=0.2"], ctx=ctx)
     for m in (seq, one, a_only):
         onnx.checker.check_model(m, full_check=True)
-    assert rs[0].stats["channels_removed"] == ro[0].stats["channels_removed"] == 2
+    assert rs["channels_removed"] == ro[0].stats["channels_removed"] == 2
     # the premises: A loses a0 in both; on the original the criterion keeps b0
     model = Model(proto)
     an = analyze(model)
@@ -178,24 +188,10 @@ def test_only_group_view_and_order():
     assert an.prunable_atoms(ga)  # the original analysis is untouched
 
 
-def test_sequential_keeps_the_one_shot_amounts_and_is_honest_when_nothing_goes():
+def test_sequential_takes_the_quota_and_is_honest_when_nothing_goes():
     proto, data = _chain(0), _data(0)
-    ctx = _ctx(data)
-    spec = "prune-channels:ratio=0.34,criterion=l1,round-to=1,latency-guard=false,reconstruct=ls"
-    _, ro = run_passes(proto, [spec], ctx=ctx)
-    _, rs = run_passes(proto, [spec + ",order=sequential"], ctx=ctx)
-    amounts = lambda r: sorted((tuple(x["sources"]), x["removed"]) for x in r[0].stats["per_group"])  # noqa: E731
-    assert amounts(rs) == amounts(ro)
-    out, r0 = run_passes(proto, ["prune-channels:ratio=0,latency-guard=false,order=sequential"], ctx=ctx)
-    assert r0[0].modified is False
-
-
-def test_sequential_needs_data_and_rejects_lasso():
-    proto = _chain(0)
-    with pytest.raises(UsageError, match="order=sequential"):
-        run_passes(proto, ["prune-channels:ratio=0.3,reconstruct=none,latency-guard=false,order=sequential"],
-                   ctx=PassContext())
-    with pytest.raises(UsageError, match="order"):
-        Options(order="sequential", reconstruct="lasso")
-    with pytest.raises(UsageError, match="order"):
-        Options(order="backwards")  # type: ignore[arg-type]
+    out, st_ = _sequential(proto, _ctx(data), {"convA": 2, "convB": 3}, "l1")
+    assert [(x["sources"], x["removed"]) for x in st_["steps"]] == [(["convA"], 2), (["convB"], 3)]
+    onnx.checker.check_model(out, full_check=True)
+    out, st_ = _sequential(proto, _ctx(data), {}, "l1")
+    assert st_["channels_removed"] == 0 and st_["reconstruction"]["layers"] == []

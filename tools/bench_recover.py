@@ -83,13 +83,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bn-samples", type=int, default=64, help="calibration samples of onnxsim's bn_recovery")
     ap.add_argument("--no-ours", action="store_true", help="only the original (and --onnxsim) rows")
     ap.add_argument("--order", choices=["oneshot", "sequential", "both"], default="oneshot",
-                    help="prune-channels order: oneshot rows (shared statistics), sequential rows (built by the "
-                         "pass itself at the ratio the one-shot search found: same per-group amounts), or both")
+                    help="oneshot rows (the pass's choice, shared statistics), sequential-selection rows "
+                         "(sequential_prune, an experiment, at the ratio the one-shot search found: the same "
+                         "per-group amounts), or both")
     ap.add_argument("--calib-top1", action="store_true",
                     help="also top-1 on the 256 calibration images (in-sample: what the choices and refits saw)")
     ap.add_argument("--select", type=_list, default=["criterion"],
-                    help="sequential rows for each: criterion (its scores on the current model) or refit; "
-                         "a -nofinal suffix: final-refit=false")
+                    help="sequential rows for each: criterion (its scores on the current model) or refit "
+                         "(reconstruct.refit_elimination); a -nofinal suffix: no final front-to-back refit")
     ap.add_argument("--out", type=Path, default=bl.DOCS)
     ap.add_argument("--stem", default="recover")
     return ap.parse_args(argv)
@@ -248,28 +249,171 @@ def _layers_summary(rep: dict[str, Any]) -> dict[str, Any]:
             "per_layer": lines}
 
 
-def sequential_row(b: Bench, crit: str, scope: str, method: str, target: float, ratio: float, search: float,
-                   select: str = "criterion") -> None:
-    """prune-channels:order=sequential, built by the pass itself at the one-shot search's ratio
-    (so the same per-group amounts: the pass computes them once on the original)."""
-    from onnxprune.api import run_passes
+# ---------------------------------------------------------------------------- sequential selection (experiment)
+#
+# Measured not better than the pass's one-shot choice (docs/benchmarks/recover.md, "Sequential
+# selection"), so it lives here, not in the package: per group in topological order, choose on
+# the CURRENT (pruned and refit) model, remove the one-shot rule's amount, refit its consumers.
 
-    a = b.args
-    spec = (f"prune-channels:ratio={ratio},criterion={crit},scope={scope},reconstruct={method},ridge={a.ridge},"
-            f"calib-samples={a.calib_samples},latency-guard=false,order=sequential"
-            + ("" if select.startswith("criterion") else ",select=refit")
-            + (",final-refit=false" if select.endswith("-nofinal") else "")
-            + (f",calib-rows={a.calib_rows}" if a.calib_rows else ""))
+
+def group_order(analysis: Any, model: Any) -> list[Any]:
+    """The prunable groups, by the topological position of their first source node."""
+    model.graph.toposort()
+    pos = {n.name: i for i, n in enumerate(model.graph.nodes)}
+    return sorted((g for g in analysis.groups if g.sources and analysis.prunable_atoms(g)),
+                  key=lambda g: (min(pos.get(s, 1 << 30) for s in g.sources), g.id))
+
+
+def only_group(analysis: Any, gid: int) -> Any:
+    """A view of ``analysis`` in which only group ``gid``'s atoms are prunable: a criterion then
+    measures (taps, Grams) that group's tensors alone."""
+    atoms = [dataclasses.replace(a, prunable=a.prunable and a.group == gid) for a in analysis.atoms]
+    return dataclasses.replace(analysis, atoms=atoms)
+
+
+def _refit_scores(view: Any, g: Any, model: Any, snapshot: onnx.ModelProto, k: int,
+                  pruned: dict[str, np.ndarray], axes: dict[str, int], opts: Any, ctx: Any) -> np.ndarray | None:
+    """select=refit: scores (the elimination rank; NaN where not prunable) of group ``g``'s atoms by
+    :func:`onnxprune.reconstruct.refit_elimination` on its consumers (None: no consumer has a Gram)."""
+    from onnxprune.passes.prune_channels import _rows
+
+    from onnxprune import reconstruct as rc
+    from onnxprune.channels import Role
+
+    data = ctx.require_data("prune-channels", "select=refit")
+    tensors = {view.ctx.spaces[s].tensor for s in g.spaces}
+    only = {m.node for m in view.ctx.members if m.role is Role.CONSUMER and m.space in set(g.spaces)}
+    nodes = rc.consumers(model.graph, tensors, only)
+    grams = rc.selection_grams(model.to_onnx(), snapshot, nodes, pruned, data,
+                               rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples,
+                                          ctx.target.threads, ctx.seed), axes)
+    items = []
+    for n in nodes:
+        if n.name in grams and grams[n.name].xtx is not None:
+            sp = view.ctx.by_tensor[n.inputs[0].name]
+            items.append((grams[n.name], np.repeat(view.atom_of[sp.id], rc.channel_blocks(n))))
+    if not items:
+        return None
+    cands = [a for a in view.prunable_atoms(g)]
+    order = rc.refit_elimination(items, cands, min(k, len(cands)), max(opts.ridge, 1e-6))
+    scores = np.full(len(view.atoms), np.nan)
+    rank = {a: i for i, a in enumerate(order)}
+    for j, a in enumerate(cands):
+        scores[a] = rank.get(a, len(order) + j)
+    return scores
+
+
+def sequential_prune(model: Any, snapshot: onnx.ModelProto, quota: dict[str, int], opts: Any, round_to: int,
+                     method: str, ctx: Any, *, select: str = "criterion", final_refit: bool = True) -> dict[str, Any]:
+    """Sequential selection: per group, in topological order, score its atoms with the criterion on
+    the CURRENT model (earlier groups already pruned and their consumers refit), remove the
+    ``quota[first source]`` lowest (rounded as choose_atoms does), then refit that group's consumers
+    to the original's outputs on the calibration data. ``model`` starts as ``snapshot``."""
+    from onnxprune.passes.prune_channels import _rows, choose_atoms, refit_targets, removed_indices
+
+    from onnxprune import reconstruct as rc
+    from onnxprune.channels import Role, analyze, apply_removal
+    from onnxprune.criteria import get_criterion
+
     t0 = time.perf_counter()
-    out, recs = run_passes(b.base, [spec], ctx=b.ctx)
-    st = recs[0].stats
-    label = method + (" held-out" if method == "ls" else "") + " seq" + ("" if select == "criterion" else f" {select}")
-    b.measure({"criterion": crit, "scope": scope, "method": label, "order": "sequential", "target": target,
-               "ratio": round(ratio, 4), "spec": spec, "channels_removed": st.get("channels_removed"),
-               "search_seconds": round(search, 1), "seconds": round(time.perf_counter() - t0, 1),
-               "samples": a.calib_samples, "sequential_steps": st.get("per_group"),
-               "sequential_seconds": st.get("sequential_seconds"), "gram_seconds": st.get("gram_seconds"),
-               **_layers_summary(st.get("reconstruction") or {})}, out)
+    data = ctx.require_data("prune-channels", "sequential selection")
+    pruned_all: dict[str, np.ndarray] = {}
+    axes_all: dict[str, int] = {}
+    report: dict[str, Any] = {"method": "ls", "ridge": opts.ridge, "layers": [], "waves": 0, "samples": 0,
+                              "peak_activation_bytes": 0}
+    steps: list[dict[str, Any]] = []
+    removed = 0
+    order = [g.sources[0] for g in group_order(analyze(model, opts.protect), model) if quota.get(g.sources[0], 0) > 0]
+    for src in order:
+        t1 = time.perf_counter()
+        analysis = analyze(model, opts.protect)
+        g = next((x for x in analysis.groups if x.sources and x.sources[0] == src), None)
+        if g is None or not analysis.prunable_atoms(g):
+            steps.append({"source": src, "removed": 0, "note": "group no longer prunable"})
+            continue
+        view = only_group(analysis, g.id)
+        scores = None
+        if select == "refit":
+            scores = _refit_scores(view, g, model, snapshot, quota[src], pruned_all, axes_all, opts, ctx)
+        if scores is None:
+            # a fresh criterion each step: a data criterion caches by tensor names and sizes, which an
+            # upstream removal leaves as they were
+            scores, _ = get_criterion(opts.criterion).score(view, model, ctx)
+        t_score = time.perf_counter() - t1
+        atoms = choose_atoms(view, scores, opts, round_to, {g.id: quota[src]})
+        if not atoms:
+            steps.append({"source": src, "removed": 0, "score_seconds": round(t_score, 2)})
+            continue
+        pruned = removed_indices(view, atoms)
+        only, axes = refit_targets(view, pruned)
+        apply_removal(model, view, atoms)
+        model.refresh_shapes()
+        # each tensor is pruned in one step only (its group's), so indices stay those of the original
+        pruned_all.update(pruned)
+        axes_all.update(axes)
+        removed += len(atoms)
+        line: dict[str, Any] = {"source": src, "sources": list(g.sources), "channels": len(g.atoms), "removed": len(atoms),
+                                "score_seconds": round(t_score, 2)}
+        if method != "none":
+            rep = rc.reconstruct(model, snapshot, pruned_all, data,
+                                 rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples,
+                                            ctx.target.threads, ctx.seed), only=only, axes=axes_all)
+            model.refresh_shapes()
+            report["layers"] += rep["layers"]
+            report["waves"] += rep["waves"]
+            report["samples"] = rep["samples"]
+            report["peak_activation_bytes"] = max(report["peak_activation_bytes"], rep.get("peak_activation_bytes", 0))
+            line["refit_seconds"] = rep["seconds"]
+        line["seconds"] = round(time.perf_counter() - t1, 2)
+        steps.append(line)
+    if method != "none" and final_refit and pruned_all:
+        # a consumer refit at its group's step has not seen the groups pruned after it upstream of it
+        # (a residual group's later readers): one more front-to-back refit on the final model
+        analysis = analyze(model, opts.protect)
+        # a MatMul refit at its step wrote its bias as an Add after it (its output renamed): not again
+        named = {o for n in snapshot.graph.node for o in n.output}
+        nodes = {n.name: n for n in model.graph.nodes}
+        only = {m.node for m in analysis.ctx.members if m.role is Role.CONSUMER
+                and analysis.ctx.spaces[m.space].tensor in pruned_all and nodes[m.node].outputs[0].name in named}
+        rep = rc.reconstruct(model, snapshot, pruned_all, data,
+                             rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples,
+                                        ctx.target.threads, ctx.seed), only=only, axes=axes_all)
+        model.refresh_shapes()
+        # "layers" is then the final refit's (the state of the model); each step's are kept beside it
+        report.update(step_layers=report["layers"], layers=rep["layers"], final_refit_seconds=rep["seconds"])
+        report["waves"] += rep["waves"]
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    return {"steps": steps, "channels_removed": removed, "reconstruction": report if method != "none" else None,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+
+def sequential_row(b: Bench, prep: Prepared, crit: str, scope: str, method: str, target: float, ratio: float,
+                   search: float, select: str = "criterion") -> None:
+    """Sequential selection (:func:`sequential_prune`) at the one-shot search's ratio: the same
+    per-group amounts (the pass's rule, ``prune_channels.select_quota``, on the original)."""
+    from onnxprune.model import Model
+
+    opts = dataclasses.replace(prep.opts, ratio=ratio)
+    st: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    quota = prep.pc.select_quota(prep.analysis, prep.model, prep.scores, opts, prep.round_to, prep.grams, b.base,
+                                 b.ctx, st)
+    by_source = {prep.analysis.groups[gid].sources[0]: k for gid, k in quota.items()
+                 if k > 0 and prep.analysis.groups[gid].sources}
+    model = Model(b.base)
+    final = not select.endswith("-nofinal")
+    kind = select.removesuffix("-nofinal")
+    seq = sequential_prune(model, b.base, by_source, opts, prep.round_to, method, b.ctx, select=kind,
+                           final_refit=final)
+    label = (method + (" held-out" if method == "ls" else "") + " seq" + ("" if kind == "criterion" else f" {kind}")
+             + ("" if final else " no-final"))
+    b.measure({"criterion": crit, "scope": scope, "method": label, "order": "sequential", "select": kind,
+               "final_refit": final, "target": target, "ratio": round(ratio, 4),
+               "channels_removed": seq["channels_removed"], "search_seconds": round(search, 1),
+               "seconds": round(time.perf_counter() - t0, 1), "samples": b.args.calib_samples,
+               "sequential_steps": seq["steps"], "sequential_seconds": seq["seconds"],
+               **_layers_summary(seq["reconstruction"] or {})}, model.to_onnx())
 
 
 def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[str, Any]:
@@ -311,7 +455,7 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
                     continue
                 if args.order != "oneshot" and method != "lasso":
                     for select in args.select:
-                        sequential_row(b, crit, scope, method, target, ratio, search, select)
+                        sequential_row(b, prep, crit, scope, method, target, ratio, search, select)
                 if args.order == "sequential":
                     continue
                 t2 = time.perf_counter()
