@@ -1,6 +1,5 @@
-"""Sequential selection (tools/bench_recover.py's experiment, measured not better than the pass's
-one-shot choice, so not in the package): group by group, choose on the pruned model, refit, continue.
-The elimination it can choose with (onnxprune.reconstruct.refit_elimination) is in the package."""
+"""Sequential selection (tools/exp_sequential.py, an experiment measured not better than the pass's
+one-shot choice, so not in the package): group by group, choose on the pruned model, refit, continue."""
 from __future__ import annotations
 
 import sys
@@ -24,7 +23,7 @@ from onnxprune.model import Model, normalize
 from onnxprune.testing import make_model, run, vinfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from bench_recover import group_order, only_group, sequential_prune  # noqa: E402
+from exp_sequential import group_order, only_group, refit_elimination, sequential_prune  # noqa: E402
 from onnxprune.passes.prune_channels import Options  # noqa: E402
 
 
@@ -156,7 +155,6 @@ def test_refit_elimination_matches_brute_force(seed, k):
     """select=refit's greedy: with as many steps as atoms it is the exact one-at-a-time backward
     elimination, each step the atom whose removal leaves the least least-squares error (with an
     intercept) of Y on the rest, by brute force over lstsq; the rank-k downdates agree with it."""
-    from onnxprune import reconstruct as rc
     from onnxprune.activations import Gram
 
     rng = np.random.default_rng(seed)
@@ -165,7 +163,7 @@ def test_refit_elimination_matches_brute_force(seed, k):
     y = x @ rng.normal(size=(f, 3)) + 0.5 * rng.normal(size=(n, 3)) + 1.0
     g = Gram()
     g.update(x, y)
-    got = rc.refit_elimination([(g, np.arange(f))], list(range(f)), k, ridge=1e-12, steps=f)
+    got = refit_elimination([(g, np.arange(f))], list(range(f)), k, ridge=1e-12, steps=f)
 
     def err(keep: list[int]) -> float:
         a = np.hstack([x[:, keep], np.ones((n, 1))])
