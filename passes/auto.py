@@ -269,6 +269,8 @@ class _Search:
         self.ops: dict[str, str] = {}
         use_q = self.quantize_step()
         start = self.measure("original", self.original, {}, {"predicted_speedup": 1.0})
+        start["_proto"] = self.original
+        self.start_point = start
         self.t0 = start["original_ms"]
         float_families = [m for m in ("prune", "lowrank") if m in o.methods]
         kn: list[Knob] = []
@@ -359,8 +361,10 @@ class _Search:
             self.notes.append(f"quantize failed on the original: {type(exc).__name__}: {str(exc)[:160]}")
             return False
         p = self.cross_fit(self.measure("quantize only", q, {}, {"predicted_speedup": None}), self.quant_rebuild(self.qspec))
+        p["_proto"] = q  # a point like any other: the best one when no allocation on top of it holds
         if p["drop"] > self.budget and not any(kv.partition("=")[0].strip() == "exclude" for kv in opts):
             p = self.quantize_with_float_nodes(opts, p)
+        self.q_point = p
         self.q_speed, self.q_drop = p["speedup"], max(p["drop"], 0.0)
         self.q_factor = 1.0 if self.objective == "flops" else self.achieved(p)
         if p["drop"] > self.budget:
@@ -387,6 +391,7 @@ class _Search:
         label = f"quantize, {len(names)} float node" + ("s" if len(names) > 1 else "")
         spec = "quantize:" + ",".join(opts + ["exclude=" + "|".join(glob_escape(n) for n in names)])
         p = self.cross_fit(self.measure(label, q, {}, {"predicted_speedup": None}), self.quant_rebuild(spec))
+        p["_proto"] = q
         self.notes.append(f"quantization alone dropped {plain['drop']:.4g} > budget {self.budget:g}; with "
                           f"{', '.join(names)} in float: {p['drop']:.4g} at x{p['speedup']:.3f}")
         if p["drop"] >= plain["drop"]:
@@ -464,6 +469,12 @@ class _Search:
                 self.notes.append(f"round {rnd + 1}: allocation repeats an earlier one; search stops")
                 break
             tried.add(sig)
+            if not levels:  # nothing on top: the quantize-only (or original) point, measured already
+                p = self.q_point if use_q else self.start_point
+                if p["holds_quality"] and p["meets_target"]:
+                    return p
+                factor *= max(self.target / max(self.achieved(p), 1e-6), 1.02)
+                continue
             fp, proto = self.build(levels, use_q)
             pred: dict[str, Any] = {"predicted_speedup": self.predict(fp, use_q),
                     "predicted_loss": (alloc.loss / loss_scale if alloc else 0.0) + (self.q_drop if use_q else 0.0),

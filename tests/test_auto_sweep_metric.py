@@ -100,15 +100,22 @@ def test_quantized_point_of_an_old_opset_model_keeps_its_new_opset(tmp_path) -> 
     """auto returning a quantized point of an opset-7 model: the QDQ nodes need the opset
     the quantize pass raised the graph to (Model.reset kept 7; the checker refused it)."""
     import onnx
+    from onnx import helper
 
     from onnxprune.context import PassContext
+    from onnxprune.data import Dataset
+    from onnxprune.testing import make_model, vinfo
 
-    spec = importlib.util.spec_from_file_location("_q_helpers", Path(__file__).parent / "passes" / "test_quantize.py")
-    assert spec and spec.loader
-    q = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(q)
-    m = q.small_cnn(opset=7)
-    ctx: PassContext = dataclasses.replace(q.calib_ctx(m, n=32), cache_dir=tmp_path)
+    # a wide MLP: int8 must make it smaller than float, or auto rightly returns the float original
+    rng = np.random.default_rng(0)
+    w = {"w1": (rng.standard_normal((256, 64)) * 0.1).astype(np.float32), "b1": np.zeros(256, np.float32),
+         "w2": (rng.standard_normal((10, 256)) * 0.1).astype(np.float32), "b2": np.zeros(10, np.float32)}
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)]
+    m = make_model(nodes, [vinfo("x", ["N", 64])], [vinfo("y", ["N", 10])], w, opset=7)
+    m.ir_version = 4
+    ds = Dataset([{"x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(8)], None, "test noise")
+    ctx = PassContext(calib=ds, calib_kind="data", evaluator=Evaluator(m, ds), cache_dir=tmp_path)
     out, rec = run_passes(m, ["auto:size=2,min-cosine=0.5,methods=quantize,rounds=1,on-miss=best,"
                               "latency-runs=5,quantize-options=calibrate=minmax"], ctx=ctx)
     if rec[0].modified:
