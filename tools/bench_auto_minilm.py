@@ -320,6 +320,23 @@ def section(r: dict[str, Any]) -> list[str]:
                               f"{x['speedup']:.2f}x)" for x in off)
                   + ". With `on-miss=error` (the CLI default) such a row exits 7 although the model it found "
                     "meets the target as timed here."]
+    # the same model chosen by several rows (same size and levels) is timed once per row: the spread
+    # between those timings is the machine's noise, said here rather than hidden in one row's median
+    same: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for x in r["rows"]:
+        if "speedup" in x:
+            same.setdefault((x["size"], json.dumps(x["levels"], sort_keys=True)), []).append(x)
+    noisy = [xs for xs in same.values() if len(xs) > 1 and max(x["speedup"] for x in xs) > 1.1 * min(x["speedup"] for x in xs)]
+    for xs in noisy:
+        lines += ["", "Timing noise: one model (" + ("the original, returned unchanged" if xs[0]["size"] == r["original_size"]
+                  else f"size {xs[0]['size'] / r['original_size'] * 100:.0f} %") + ") was chosen by "
+                  + ", ".join(f"`{x['methods']}` {x['target']:g}x" for x in xs) + " and timed "
+                  + ", ".join(f"{x['speedup']:.2f}x ({x['spread'][0]:.2f}-{x['spread'][1]:.2f})" for x in xs)
+                  + " (other jobs shared the 2 cores)."]
+    unchanged = [x for x in r["rows"] if "speedup" in x and x["size"] == r["original_size"] and not x["levels"]]
+    if unchanged:
+        lines += ["", "Returned the original unchanged: " + ", ".join(f"`{x['methods']}` {x['target']:g}x" for x in unchanged)
+                  + "; its speed-up column times the original against itself."]
     fc = r.get("feed_check")
     if fc:
         def span(x: list[float]) -> str:
