@@ -16,6 +16,13 @@ pooling (one row per image) a strong one or the bias alone: one rule, judged on 
 was not fit on (``held_out=False``: ``ridge`` as given, bias only below
 MIN_ROWS_PER_FEATURE rows per feature).
 
+``augment="flip"`` (image inputs [N,C,H,W] only): every calibration batch is also fed
+mirrored along W, through the original (targets) and the pruned model (inputs), with its
+own sampled rows, so each layer sees twice the rows from twice the images (an ImageNet
+classifier's output is nearly flip-invariant, its inner layers see new patterns). A
+mirrored batch goes into its source batch's fold, never the other: otherwise the held-out
+ridge choice would be measured on near-copies of the rows it was fit on.
+
 Consumers are refit front to back, in *waves*: a wave is a run of consecutive consumers
 none of which depends on another's output, so one pass over the data (through only the
 front of the model that the wave needs) gives all their statistics, and every later wave
@@ -49,6 +56,7 @@ import scipy.linalg
 from onnxprune import ir
 from onnxprune.activations import PEAK, ChannelMoments, ConvGeom, Gram, Tap, conv_rows, output_rows, sample_positions
 from onnxprune.data import Dataset
+from onnxprune.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +346,44 @@ class Options:
     held_out: bool = True
     #: the chosen ridge is multiplied by this for the refit on all rows (each fold holds about half)
     held_out_final: float = 1.0
+    #: calibration augmentation of the refit's rows: "none" or "flip" (:func:`augmented_views`)
+    augment: str = "none"
+
+
+#: calibration augmentations of the refit (prune-channels:augment=...)
+AUGMENTS = ("none", "flip")
+
+
+def check_augment(batches: Sequence[Mapping[str, np.ndarray]], augment: str, who: str = "prune-channels") -> None:
+    """UsageError (one line, naming the input) unless every input of every batch can be
+    augmented: for flip, a 4-D float array [N,C,H,W] with W > 1."""
+    if augment not in AUGMENTS:
+        raise UsageError(f"pass {who}: augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+    if augment == "none":
+        return
+    for feed in batches[:1]:
+        for name, arr in feed.items():
+            a = np.asarray(arr)
+            if a.ndim != 4 or not np.issubdtype(a.dtype, np.floating) or a.shape[3] <= 1:
+                raise UsageError(f"pass {who}: augment={augment} needs image inputs [N,C,H,W] of floats with W > 1; "
+                                 f"input {name!r} is {a.dtype}{list(a.shape)}")
+
+
+def augmented_views(batches: Sequence[dict[str, np.ndarray]], augment: str) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """(source batch index, feed) per view of the calibration data: each batch, then (flip) its
+    mirror image along W. The source index decides the view's cross-validation fold."""
+    check_augment(batches, augment)
+    out: list[tuple[int, dict[str, np.ndarray]]] = []
+    for b, feed in enumerate(batches):
+        out.append((b, feed))
+        if augment == "flip":
+            out.append((b, {k: np.ascontiguousarray(np.asarray(v)[..., ::-1]) for k, v in feed.items()}))
+    return out
+
+
+def fold_of(source: int) -> int:
+    """The held-out fold (0: even source batches, 1: odd) of a view of source batch ``source``."""
+    return source % 2
 
 
 def calibration_batches(data: Dataset, samples: int | None) -> list[dict[str, np.ndarray]]:
@@ -395,6 +441,10 @@ def reconstruct(model: Any, original: onnx.ModelProto, pruned: Mapping[str, np.n
     if not nodes or not batches:
         report["seconds"] = round(time.perf_counter() - t0, 3)
         return report
+    # rows per view as without augmentation: a mirrored batch adds its own rows (2x in all)
+    views = augmented_views(batches, opts.augment)
+    if opts.augment != "none":
+        report.update(augment=opts.augment, views=len(views))
     kinds = {n.name: (fit_kind(n) if opts.method == "ls" else FitKind.BIAS) for n in nodes}
     per_batch = max(16, opts.rows // len(batches))
     rng = np.random.default_rng(opts.seed)
@@ -405,7 +455,7 @@ def reconstruct(model: Any, original: onnx.ModelProto, pruned: Mapping[str, np.n
     means: dict[str, ChannelMoments] = {}
     PEAK[0] = 0
     tap = Tap(original, list(outs.values()), opts.threads, optimize=True, prefix=True)
-    for b, feed in enumerate(batches):
+    for b, (_, feed) in enumerate(views):
         got = tap.run(feed)
         PEAK[0] = max(PEAK[0], sum(v.nbytes for v in got.values()))
         for n in nodes:
@@ -425,9 +475,9 @@ def reconstruct(model: Any, original: onnx.ModelProto, pruned: Mapping[str, np.n
         proto = model.to_onnx()
         want = [n.inputs[0].name if kinds[n.name] is not FitKind.BIAS else outs[n.name] for n in wave]
         tap = Tap(proto, want, opts.threads, optimize=True, prefix=True)
-        folds = {n.name: (Gram(), Gram()) for n in wave}  # even / odd batches: the held-out ridge choice
+        folds = {n.name: (Gram(), Gram()) for n in wave}  # even / odd source batches: the held-out ridge choice
         pruned_means: dict[str, ChannelMoments] = {}
-        for b, feed in enumerate(batches):
+        for b, (src, feed) in enumerate(views):
             got = tap.run(feed)
             PEAK[0] = max(PEAK[0], sum(v.nbytes for v in got.values()))
             for n in wave:
@@ -435,7 +485,8 @@ def reconstruct(model: Any, original: onnx.ModelProto, pruned: Mapping[str, np.n
                     pruned_means.setdefault(n.name, ChannelMoments(axis=1 if n.op != "MatMul" else -1)).update(
                         got[outs[n.name]])
                 else:
-                    folds[n.name][b % 2].update(plans[n.name].x_rows(got[n.inputs[0].name], b), targets[n.name][b])
+                    folds[n.name][fold_of(src)].update(plans[n.name].x_rows(got[n.inputs[0].name], b),
+                                                       targets[n.name][b])
         del tap
         for n in wave:
             line: dict[str, Any] = {"name": n.name, "op": n.op, "fit": kinds[n.name].value}

@@ -22,7 +22,9 @@ Atoms are ranked by the criterion (:mod:`onnxprune.criteria`, :mod:`onnxprune.cr
 (He et al. 2017). After the removal, ``reconstruct=ls`` (the default with calibration data)
 refits every consumer of a pruned tensor by ridge least squares to the original model's
 outputs, front to back on the pruned model's own activations (:mod:`onnxprune.reconstruct`);
-``none`` leaves the sliced weights. Never: a blocked atom, a group pruned to zero, a tensor
+``none`` leaves the sliced weights; ``augment=flip`` also feeds each calibration image mirrored
+along W to the refit (image inputs [N,C,H,W] only; criteria and scope=error's Grams use the
+images as given). Never: a blocked atom, a group pruned to zero, a tensor
 left with no channels, a model input/output channel. With ``latency-guard`` the pruned
 model is timed against the original in onnxruntime (interleaved, on a calibration batch at
 its real size); if it is not faster, round-to is doubled and the choice redone, and if no
@@ -75,6 +77,7 @@ class Options:
     calib-samples: calibration samples used for the refit and Grams (default: all)
     group-ratios: per-group ratio overrides, SOURCE=RATIO|... keyed by the group's source node name
     round-parts: round each Split/Concat piece of a group that a conv reads or writes to round-to, not only the group's total
+    augment: refit rows also from each calibration image mirrored along W (flip; image inputs only), or none
     """
 
     ratio: float = 0.3
@@ -91,6 +94,7 @@ class Options:
     calib_samples: int | None = None
     group_ratios: tuple[str, ...] = ()
     round_parts: bool = True
+    augment: Literal["none", "flip"] = "none"
 
     def __post_init__(self) -> None:
         check_range("prune-channels", "ratio", self.ratio, 0.0, 1.0, hi_open=True)
@@ -105,6 +109,8 @@ class Options:
             check_range("prune-channels", "calib-rows", self.calib_rows, 16, 1 << 24)
         if self.calib_samples is not None:
             check_range("prune-channels", "calib-samples", self.calib_samples, 1, 1 << 30)
+        if self.augment not in rc.AUGMENTS:
+            raise UsageError(f"pass prune-channels: augment must be one of {', '.join(rc.AUGMENTS)}, got {self.augment!r}")
         self.parsed_group_ratios()
 
     def parsed_group_ratios(self) -> dict[str, float]:
@@ -459,6 +465,10 @@ class PruneChannels(Pass):
             ctx.require_data(self.name, f"reconstruct={method}")
         if opts.scope == "error":
             ctx.require_data(self.name, "scope=error")
+        if opts.augment != "none":
+            if method == "none":
+                raise UsageError(f"pass {self.name}: augment={opts.augment} applies to the refit; reconstruct is none")
+            rc.check_augment(ctx.require_data(self.name, f"augment={opts.augment}").batches, opts.augment, self.name)
         round_to = opts.round_to or ctx.target.vector_width
         snapshot = model.to_onnx()
         analysis = analyze(model, opts.protect)
@@ -513,7 +523,8 @@ class PruneChannels(Pass):
             unfitted = model.to_onnx()
             stats["reconstruction"] = rc.reconstruct(
                 model, snapshot, pruned, data,
-                rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples, ctx.target.threads, ctx.seed),
+                rc.Options("ls", opts.ridge, _rows(opts, data), opts.calib_samples, ctx.target.threads, ctx.seed,
+                           augment=opts.augment),
                 only=only, axes=axes)
             model.refresh_shapes()
             # Each refit lowers its own layer's error, but bias-only corrections ahead of a

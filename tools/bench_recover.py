@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "all; fixed: that ridge everywhere instead of the held-out choice; xF: the held-out "
                          "ridge times F for the final refit)")
     ap.add_argument("--fixed-ridge", action="store_true", help="the refit's ridge as given, no held-out choice")
+    ap.add_argument("--augment", type=_list, default=[],
+                    help="extra ls rows on the same choice with prune-channels:augment=KIND (flip: each calibration "
+                         "image also mirrored; its own rows, in its source batch's fold)")
     ap.add_argument("--latency-runs", type=int, default=20)
     ap.add_argument("--latency-repeats", type=int, default=3)
     ap.add_argument("--acc-threads", type=int, default=2)
@@ -192,7 +195,8 @@ class Prepared:
         return 1.0 - float(self.fl[atoms].sum()) / self.total
 
     def build(self, atoms: list[int], method: str, ridge: float | None = None, rows: int | None = None,
-              held_out: bool | None = None, final: float = 1.0) -> tuple[onnx.ModelProto, dict[str, Any]]:
+              held_out: bool | None = None, final: float = 1.0,
+              augment: str = "none") -> tuple[onnx.ModelProto, dict[str, Any]]:
         from onnxprune import reconstruct as rc
         from onnxprune.channels import analyze, apply_removal
         from onnxprune.model import Model
@@ -209,7 +213,8 @@ class Prepared:
                                  rc.Options("ls", self.opts.ridge if ridge is None else ridge,
                                             rows or self.pc._rows(self.opts, self.b.calib),
                                             self.opts.calib_samples, 1, 0,
-                                            not self.b.args.fixed_ridge if held_out is None else held_out, final),
+                                            not self.b.args.fixed_ridge if held_out is None else held_out, final,
+                                            augment=augment),
                                  only=only, axes=axes)
             m.refresh_shapes()
         return m.to_onnx(), rep
@@ -333,6 +338,11 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
                     row["allocation"] = {k: v for k, v in st["allocation"].items() if k != "group_error_estimate"}
                 b.measure(row, proto)
                 if method == "ls":
+                    for aug in (a for a in args.augment if a != "none"):
+                        t2 = time.perf_counter()
+                        proto, rep = prep.build(atoms, method, augment=aug)
+                        b.measure({**row, "method": f"{label} {aug}", "augment": aug,
+                                   "seconds": round(time.perf_counter() - t2, 1), **_layers_summary(rep)}, proto)
                     for spec in args.refits:
                         ridge, rows, *flag = spec.split(":")
                         fixed = flag == ["fixed"]
