@@ -318,6 +318,12 @@ def score_subset(ctx: PassContext, samples: int | None, score: Any = None) -> An
     return subset(calib, np.arange(samples), batch_size=calib.batch_step)
 
 
+def _padded(ds: Any) -> bool:
+    from onnxprune.padding import mask_name
+
+    return bool(ds.batches) and mask_name(ds.batches[0]) is not None
+
+
 def sweep(proto: onnx.ModelProto, ctx: PassContext, s: SweepSettings, *, workers: int | None = None,
           executor: str = "local", metric: str = "auto", score: Any = None) -> dict[str, Any]:
     """The sensitivity table (see the module docstring); cached under ``ctx.cache_dir``.
@@ -334,7 +340,10 @@ def sweep(proto: onnx.ModelProto, ctx: PassContext, s: SweepSettings, *, workers
     model_bytes = proto.SerializeToString()
     ident = json.dumps({"format": FORMAT, "model": hashlib.sha256(model_bytes).hexdigest(), "data": _data_hash(score_data),
                         "calib": _data_hash(ctx.calib), "settings": s.to_dict(), "round_to": rt, "metric": metric,
-                        "backend": prune_backend(s), "ort": ort.__version__, "seed": ctx.seed}, sort_keys=True)
+                        "backend": prune_backend(s), "ort": ort.__version__, "seed": ctx.seed,
+                        # padded text: fidelity leaves mask-0 positions out since 8715363; tables
+                        # scored before that (padded positions included) must not be read back
+                        **({"fidelity": "masked"} if _padded(score_data) else {})}, sort_keys=True)
     key = hashlib.sha256(ident.encode()).hexdigest()[:16]
     path = Path(ctx.cache_dir) / f"sensitivity-{key}.json" if ctx.cache_dir is not None else None
     if path is not None and path.is_file():

@@ -170,3 +170,14 @@ def test_images_keep_the_first_sample():
     assert real_positions(fmask.batches[0]) is None and representative_sample(fmask) == (0, 0)
     ids = Dataset([{"input_ids": np.ones((2, 5), np.int64)}], None, "ids")
     assert real_positions(ids.batches[0]) is None
+
+
+def test_sweep_cache_key_names_the_masked_fidelity_for_padded_text() -> None:
+    """Sensitivity tables scored before the masked cosine must not be read back for text."""
+    from onnxprune.data import Dataset
+    from onnxprune.sensitivity import _padded
+
+    ids = np.ones((2, 4), np.int64)
+    text = Dataset([{"input_ids": ids, "attention_mask": ids}], None, "text")
+    images = Dataset([{"x": np.zeros((2, 3, 4, 4), np.float32)}], None, "images")
+    assert _padded(text) and not _padded(images)
