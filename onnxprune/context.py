@@ -23,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -251,31 +252,10 @@ class Evaluator:
             a = np.concatenate([r[self.classifier].reshape(len(r[self.classifier]), -1).argmax(1) for r in self.reference])
             b = np.concatenate([o[self.classifier].reshape(len(o[self.classifier]), -1).argmax(1) for o in outputs])
             return float(np.mean(a == b))
-        from onnxprune.padding import output_mask, real_positions
-
-        sims = []
-        for ref, got, batch in zip(self.reference, outputs, self.data.batches):
-            real = real_positions(batch)
-            for k, r in ref.items():
-                if not np.issubdtype(np.asarray(r).dtype, np.floating):
-                    continue
-                rr = np.asarray(r, dtype=np.float64)
-                g = np.asarray(got[k], dtype=np.float64).reshape(rr.shape)
-                keep = output_mask(real, rr)
-                if keep is not None:  # padded positions count as zero in both: left out of dot and norms
-                    w = keep.reshape(keep.shape + (1,) * (rr.ndim - 2))
-                    rr, g = rr * w, g * w
-                rr = rr.reshape(len(rr), -1) if rr.ndim else rr.reshape(1, -1)
-                g = g.reshape(rr.shape)
-                num = (rr * g).sum(1)
-                den = np.linalg.norm(rr, axis=1) * np.linalg.norm(g, axis=1)
-                cos = np.where(den > 0, np.minimum(num / np.maximum(den, 1e-300), 1.0),
-                               (np.abs(rr).sum(1) == np.abs(g).sum(1)) * 1.0)
-                # identical rows are exactly 1, not 1 - 1e-16: "unchanged" must read as unchanged
-                sims.append(np.where((rr == g).all(1), 1.0, cos))
-        if not sims:
+        sims = sample_cosines(self.reference, outputs, self.data.batches)
+        if not sims.size:
             return 0.0
-        val = float(np.mean(np.concatenate(sims)))
+        val = float(np.mean(sims))
         return val if np.isfinite(val) else -1.0
 
     def run(self, model: onnx.ModelProto | Any) -> list[dict[str, np.ndarray]]:
@@ -292,6 +272,36 @@ class Evaluator:
             log.info("evaluator: candidate failed: %s", exc)
             return -1.0
 
+
+
+def sample_cosines(reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[Mapping[str, np.ndarray]],
+                   batches: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+    """Per sample and float output, the cosine between a candidate's and the reference's
+    outputs (one value per sample per output, concatenated): padded positions of [B, T, ...]
+    outputs left out (see :class:`Evaluator`); identical rows exactly 1."""
+    from onnxprune.padding import output_mask, real_positions
+
+    sims = []
+    for ref, got, batch in zip(reference, outputs, batches):
+        real = real_positions(batch)
+        for k, r in ref.items():
+            if not np.issubdtype(np.asarray(r).dtype, np.floating):
+                continue
+            rr = np.asarray(r, dtype=np.float64)
+            g = np.asarray(got[k], dtype=np.float64).reshape(rr.shape)
+            keep = output_mask(real, rr)
+            if keep is not None:  # padded positions count as zero in both: left out of dot and norms
+                w = keep.reshape(keep.shape + (1,) * (rr.ndim - 2))
+                rr, g = rr * w, g * w
+            rr = rr.reshape(len(rr), -1) if rr.ndim else rr.reshape(1, -1)
+            g = g.reshape(rr.shape)
+            num = (rr * g).sum(1)
+            den = np.linalg.norm(rr, axis=1) * np.linalg.norm(g, axis=1)
+            cos = np.where(den > 0, np.minimum(num / np.maximum(den, 1e-300), 1.0),
+                           (np.abs(rr).sum(1) == np.abs(g).sum(1)) * 1.0)
+            # identical rows are exactly 1, not 1 - 1e-16: "unchanged" must read as unchanged
+            sims.append(np.where((rr == g).all(1), 1.0, cos))
+    return np.concatenate(sims) if sims else np.zeros(0)
 
 def _classifier_name(outputs: Mapping[str, np.ndarray]) -> str | None:
     found = []

@@ -82,6 +82,7 @@ from onnxprune.activations import (
 )
 from onnxprune.channels.analysis import Analysis
 from onnxprune.channels.core import Role
+from onnxprune.context import sample_cosines
 from onnxprune.criteria import ChannelCriterion, get_criterion, register
 
 if TYPE_CHECKING:
@@ -487,17 +488,8 @@ def _measure(state: dict[str, Any], zero: dict[str, list[np.ndarray]]) -> tuple[
         masks[k] = m
     names, sess = state["names"], state["session"]
     outs = [dict(zip(names, sess.run(names, {**b, **masks}))) for b in state["batches"]]
-    sims = []
-    for ref, got in zip(state["reference"], outs):
-        for k, r in ref.items():
-            r = np.asarray(r)
-            if not np.issubdtype(r.dtype, np.floating):
-                continue
-            rr = r.reshape(max(len(r), 1) if r.ndim else 1, -1).astype(np.float64)
-            g = np.asarray(got[k], dtype=np.float64).reshape(rr.shape)
-            den = np.linalg.norm(rr, axis=1) * np.linalg.norm(g, axis=1)
-            sims.append(np.where(den > 0, (rr * g).sum(1) / np.maximum(den, 1e-300), 1.0))
-    cos = float(np.mean(np.concatenate(sims))) if sims else 0.0
+    sims = sample_cosines(state["reference"], outs, state["batches"])  # the evaluator's rule, padding included
+    cos = float(np.mean(sims)) if sims.size else 0.0
     metric, cls = state["metric"], state["classifier"]
     if metric == "cosine" or cls is None:
         return cos, cos
