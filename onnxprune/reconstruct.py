@@ -311,7 +311,8 @@ def _candidate(g: Gram, theta0: np.ndarray, ridge: float | None) -> np.ndarray:
     return bias_corrected(g, theta0) if ridge is None else solve_ridge(g, ridge, theta0)
 
 
-def held_out_ridge(folds: Sequence[Gram], ridge: float, theta0: np.ndarray) -> tuple[float | None, float]:
+def held_out_ridge(folds: Sequence[Gram], ridge: float, theta0: np.ndarray,
+                   grid: Sequence[float] = RIDGE_GRID) -> tuple[float | None, float]:
     """2-fold cross-validation over the calibration batches (even / odd): the ridge strength
     (``ridge`` × :data:`RIDGE_GRID`, or None: the sliced weights with only their bias corrected)
     whose fit on one fold leaves the least output error on the other, summed both ways; with that
@@ -320,7 +321,7 @@ def held_out_ridge(folds: Sequence[Gram], ridge: float, theta0: np.ndarray) -> t
     weak one where the rows determine the layer: one rule for both, chosen on data not fit."""
     best: tuple[float, float | None] = (np.inf, None)
     yy = sum(float(f.yty_diag.sum()) for f in folds if f.yty_diag is not None)
-    for r in (None, *(ridge * m for m in RIDGE_GRID)):
+    for r in (None, *(ridge * m for m in grid)):
         err = 0.0
         for fit, val in ((folds[0], folds[1]), (folds[1], folds[0])):
             err += sq_error(val, _candidate(fit, theta0, r))
@@ -348,6 +349,8 @@ class Options:
     held_out_final: float = 1.0
     #: calibration augmentation of the refit's rows: "none" or "flip" (:func:`augmented_views`)
     augment: str = "none"
+    #: multiples of ``ridge`` the held-out choice tries
+    ridge_grid: tuple[float, ...] = RIDGE_GRID
 
 
 #: calibration augmentations of the refit (prune-channels:augment=...)
@@ -499,7 +502,7 @@ def reconstruct(model: Any, original: onnx.ModelProto, pruned: Mapping[str, np.n
                 theta0 = theta_of(n, kinds[n.name])
                 before = rel_error(g, theta0)
                 if opts.held_out and min(f.rows for f in folds[n.name]) > 0:
-                    ridge, held = held_out_ridge(folds[n.name], opts.ridge, theta0)
+                    ridge, held = held_out_ridge(folds[n.name], opts.ridge, theta0, opts.ridge_grid)
                     ridge = None if ridge is None else ridge * opts.held_out_final
                     line.update(ridge=ridge, rel_error_held_out=round(held, 6))
                 else:

@@ -104,9 +104,9 @@ def test_flipped_copy_in_its_originals_fold(monkeypatch):
     seen: list[tuple[int, int]] = []
     real = rc.held_out_ridge
 
-    def spy(folds, ridge, theta0):
+    def spy(folds, ridge, theta0, *rest):
         seen.append((folds[0].rows, folds[1].rows))
-        return real(folds, ridge, theta0)
+        return real(folds, ridge, theta0, *rest)
 
     monkeypatch.setattr(rc, "held_out_ridge", spy)
     work = Model(model)

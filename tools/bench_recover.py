@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "all; fixed: that ridge everywhere instead of the held-out choice; xF: the held-out "
                          "ridge times F for the final refit)")
     ap.add_argument("--fixed-ridge", action="store_true", help="the refit's ridge as given, no held-out choice")
+    ap.add_argument("--ridge-grids", type=_list, default=[],
+                    help="extra ls rows with the held-out choice over these multiples of --ridge: M1/M2/..., "
+                         "each optionally with +flip (e.g. 0.1/1/10/100/1000/1e4/1e5+flip)")
+    ap.add_argument("--refit-half", action="store_true",
+                    help="an extra ls row refit on the first half of the calibration samples only (the choice "
+                         "still on all): with --calib-top1, top-1 on the half it was fit on vs the other half")
     ap.add_argument("--augment", type=_list, default=[],
                     help="extra ls rows on the same choice with prune-channels:augment=KIND (flip: each calibration "
                          "image also mirrored; its own rows, in its source batch's fold)")
@@ -152,7 +158,11 @@ class Bench:
                        drop_ci95=round(196.0 * np.sqrt(lost + gained) / len(right), 2),
                        sha1=hashlib.sha1(proto.SerializeToString(deterministic=True)).hexdigest())
             if self.args.calib_top1:
-                row["calib_top1"] = self.top1(proto, self.calib)[0]
+                row["calib_top1"], rc_right = self.top1(proto, self.calib)
+                # each half of the calibration images (in batch order): --refit-half fits only the first
+                half = len(rc_right) // 2
+                row.update(calib_top1_first=float(np.mean(rc_right[:half])),
+                           calib_top1_second=float(np.mean(rc_right[half:])))
             self.protos[len(self.rows)] = proto
         self.rows.append(row)
         print(f"  [{self.name}] {row.get('criterion', ''):10s} {row.get('method', ''):6s} target {row.get('target')}: "
@@ -196,7 +206,8 @@ class Prepared:
 
     def build(self, atoms: list[int], method: str, ridge: float | None = None, rows: int | None = None,
               held_out: bool | None = None, final: float = 1.0,
-              augment: str = "none") -> tuple[onnx.ModelProto, dict[str, Any]]:
+              augment: str = "none", grid: tuple[float, ...] | None = None,
+              samples: int | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
         from onnxprune import reconstruct as rc
         from onnxprune.channels import analyze, apply_removal
         from onnxprune.model import Model
@@ -212,9 +223,9 @@ class Prepared:
             rep = rc.reconstruct(m, self.b.base, pruned, self.b.calib,
                                  rc.Options("ls", self.opts.ridge if ridge is None else ridge,
                                             rows or self.pc._rows(self.opts, self.b.calib),
-                                            self.opts.calib_samples, 1, 0,
+                                            samples or self.opts.calib_samples, 1, 0,
                                             not self.b.args.fixed_ridge if held_out is None else held_out, final,
-                                            augment=augment),
+                                            augment=augment, ridge_grid=grid or rc.RIDGE_GRID),
                                  only=only, axes=axes)
             m.refresh_shapes()
         return m.to_onnx(), rep
@@ -342,6 +353,20 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
                         t2 = time.perf_counter()
                         proto, rep = prep.build(atoms, method, augment=aug)
                         b.measure({**row, "method": f"{label} {aug}", "augment": aug,
+                                   "seconds": round(time.perf_counter() - t2, 1), **_layers_summary(rep)}, proto)
+                    if args.refit_half:
+                        half = min(args.calib_samples, b.calib.n_samples) // 2
+                        t2 = time.perf_counter()
+                        proto, rep = prep.build(atoms, method, samples=half)
+                        b.measure({**row, "method": f"{label} refit on {half}", "refit_samples": half,
+                                   "seconds": round(time.perf_counter() - t2, 1), **_layers_summary(rep)}, proto)
+                    for gspec in args.ridge_grids:
+                        mults, _, aug = gspec.partition("+")
+                        grid = tuple(float(x) for x in mults.split("/"))
+                        t2 = time.perf_counter()
+                        proto, rep = prep.build(atoms, method, augment=aug or "none", grid=grid)
+                        b.measure({**row, "method": f"{label} grid={mults}" + (f" {aug}" if aug else ""),
+                                   "augment": aug or "none", "ridge_grid": list(grid),
                                    "seconds": round(time.perf_counter() - t2, 1), **_layers_summary(rep)}, proto)
                     for spec in args.refits:
                         ridge, rows, *flag = spec.split(":")
