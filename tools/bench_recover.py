@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "each optionally with +flip (e.g. 0.1/1/10/100/1000/1e4/1e5+flip)")
     ap.add_argument("--refit-half", action="store_true",
                     help="an extra ls row refit on the first half of the calibration samples only (the choice "
-                         "still on all): with --calib-top1, top-1 on the half it was fit on vs the other half")
+                         "still on all): with --calib-top1, top-1 on the images it was fit on vs the others")
     ap.add_argument("--augment", type=_list, default=[],
                     help="extra ls rows on the same choice with prune-channels:augment=KIND (flip: each calibration "
                          "image also mirrored; its own rows, in its source batch's fold)")
@@ -160,7 +160,7 @@ class Bench:
             if self.args.calib_top1:
                 row["calib_top1"], rc_right = self.top1(proto, self.calib)
                 # each half of the calibration images (in batch order): --refit-half fits only the first
-                half = len(rc_right) // 2
+                half = int(row.get("refit_samples") or len(rc_right) // 2)
                 row.update(calib_top1_first=float(np.mean(rc_right[:half])),
                            calib_top1_second=float(np.mean(rc_right[half:])))
             self.protos[len(self.rows)] = proto
@@ -357,8 +357,8 @@ def run_model(name: str, args: argparse.Namespace, images: bl.ImageSet) -> dict[
                     if args.refit_half:
                         half = min(args.calib_samples, b.calib.n_samples) // 2
                         t2 = time.perf_counter()
-                        proto, rep = prep.build(atoms, method, samples=half)
-                        b.measure({**row, "method": f"{label} refit on {half}", "refit_samples": half,
+                        proto, rep = prep.build(atoms, method, samples=half)  # whole batches: rep["samples"]
+                        b.measure({**row, "method": f"{label} refit on {rep['samples']}", "refit_samples": rep["samples"],
                                    "seconds": round(time.perf_counter() - t2, 1), **_layers_summary(rep)}, proto)
                     for gspec in args.ridge_grids:
                         mults, _, aug = gspec.partition("+")
