@@ -69,6 +69,10 @@ class SweepSettings:
     protect: tuple[str, ...] = ()
     conv_pass: str = "spatial-svd"
     samples: int | None = None
+    #: MatMul/Gemm candidates truncate in the input-whitened space (lowrank:whiten=true, SVD-LLM):
+    #: measured on MiniLM at fraction 0.5, -0.09 points of STS-B where plain SVD loses 2.56
+    #: (docs/benchmarks/minilm.md); the sweep has calibration data by construction
+    whiten: bool = True
 
     def __post_init__(self) -> None:
         bad = [f for f in self.families if f not in FAMILIES]
@@ -84,6 +88,7 @@ class SweepSettings:
     def from_dict(cls, d: Mapping[str, Any]) -> SweepSettings:
         names = {f.name for f in dataclasses.fields(cls)}
         kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        kw.setdefault("whiten", False)  # tables written before the field had plain-SVD candidates
         return cls(**kw)
 
 
@@ -167,6 +172,8 @@ def lowrank_spec(layer: str, op: str, fraction: float, s: SweepSettings) -> str 
     if fields is None or "fraction" not in fields or "layers" not in fields:
         return None
     extra = ",check-latency=false" if "check_latency" in fields else ""
+    if s.whiten and "whiten" in fields:
+        extra += ",whiten=true"
     return f"{name}:layers={layer},fraction={fraction:g}{extra}"
 
 

@@ -92,6 +92,7 @@ class Options:
     methods: methods to combine, some of prune|lowrank|quantize (quantize applied last)
     ratios: pruning ratios tried per group in the sensitivity sweep, each in (0, 1)
     fractions: low-rank rank fractions (of full rank) tried per layer in the sweep, each in (0, 1)
+    whiten: low-rank MatMul/Gemm candidates truncate in the input-whitened space (lowrank:whiten=true; default true)
     criterion: prune-channels criterion used for the candidates
     reconstruct: prune-channels reconstruct mode for the candidates: default (that pass's own default), auto, ls, lasso or none
     quantize-options: options of the quantize step, ';'-separated, e.g. "mode=dynamic;exclude=none"
@@ -116,6 +117,7 @@ class Options:
     methods: tuple[str, ...] = ("prune", "lowrank")
     ratios: tuple[float, ...] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
     fractions: tuple[float, ...] = (0.5, 0.25)
+    whiten: bool = True
     criterion: str = "l1"
     # a plain str: with ``str | None`` the CLI reads "none" as None, i.e. the default refit
     reconstruct: Literal["default", "auto", "ls", "lasso", "none"] = "default"
@@ -261,7 +263,7 @@ class _Search:
                                       ratios=o.ratios, fractions=o.fractions, criterion=o.criterion,
                                       reconstruct=None if o.reconstruct == "default" else o.reconstruct,
                                       round_to=o.round_to, protect=o.protect,
-                                      samples=o.samples)
+                                      samples=o.samples, whiten=o.whiten)
         self.round_to = round_to_of(ctx, self.settings)
         self.times: dict[str, float] | None = None
         self.layer_scale, self.residual = 1.0, 0.0
