@@ -156,3 +156,14 @@ def test_cli(tmp_path) -> None:
     assert rec[0].stats["sensitivity"]["cached"] and rec[0].stats["sensitivity"]["key"] == table["key"]
     with pytest.raises(UsageError, match="different model"):
         run_passes(small_cnn(seed=1), [spec], ctx=small_ctx(small_cnn(seed=1)))
+
+
+def test_lowrank_candidates_are_whitened_and_old_tables_read_as_plain() -> None:
+    from onnxprune.sensitivity import SweepSettings, lowrank_spec
+
+    assert lowrank_spec("fc", "Gemm", 0.5, SweepSettings()) == "lowrank:layers=fc,fraction=0.5,check-latency=false,whiten=true"
+    assert "whiten" not in (lowrank_spec("fc", "Gemm", 0.5, SweepSettings(whiten=False)) or "")
+    old = SweepSettings(whiten=False).to_dict()
+    del old["whiten"]  # a table written before the field
+    assert SweepSettings.from_dict(old).whiten is False
+    assert SweepSettings.from_dict(SweepSettings().to_dict()).whiten is True
