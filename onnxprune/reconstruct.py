@@ -370,6 +370,9 @@ def check_augment(batches: Sequence[Mapping[str, np.ndarray]], augment: str, who
             if a.ndim != 4 or not np.issubdtype(a.dtype, np.floating) or a.shape[3] <= 1:
                 raise UsageError(f"pass {who}: augment={augment} needs image inputs [N,C,H,W] of floats with W > 1; "
                                  f"input {name!r} is {a.dtype}{list(a.shape)}")
+            if a.shape[3] <= 4 < a.shape[1]:  # [N,H,W,C] with 1-4 channels: the flip would mirror colours
+                raise UsageError(f"pass {who}: augment={augment} mirrors the last axis of an NCHW input; input "
+                                 f"{name!r} {list(a.shape)} looks channels-last (NHWC)")
 
 
 def augmented_views(batches: Sequence[dict[str, np.ndarray]], augment: str) -> list[tuple[int, dict[str, np.ndarray]]]:

@@ -144,6 +144,14 @@ def test_non_image_input_refused(case):
     assert "\n" not in msg and "'X'" in msg and "augment=flip" in msg
 
 
+def test_channels_last_input_refused():
+    from onnxprune.reconstruct import check_augment
+
+    with pytest.raises(UsageError, match="looks channels-last"):
+        check_augment([{"X": np.zeros((2, 8, 8, 3), np.float32)}], "flip")
+    check_augment([{"X": np.zeros((2, 3, 8, 8), np.float32)}], "flip")  # NCHW passes
+
+
 def test_unknown_augment_refused():
     with pytest.raises(UsageError, match="augment must be one of none, flip"):
         pc.Options(augment="rotate")  # type: ignore[arg-type]
