@@ -10,7 +10,7 @@ from onnx import helper
 from onnxprune.passes import prune_channels as pc
 
 from _support.graphgen import random_cnn
-from _support.oracles import kill_atoms, pick_atoms
+from _support.oracles import with_dead_atoms
 from onnxprune import reconstruct as rc
 from onnxprune.api import run_passes
 from onnxprune.channels import analyze, apply_removal
@@ -38,12 +38,7 @@ def test_flip_refit_of_dead_channels_leaves_outputs_unchanged(seed):
     """Random CNN, random prunable atoms made exactly zero and removed, every consumer refit by
     ridge-0 least squares on the calibration batches and their mirror images: the kept channels
     reproduce every target exactly, so the outputs do not move (1e-4), on the data and on its flip."""
-    rng = np.random.default_rng(seed)
-    model = Model(normalize(random_cnn(seed)))
-    analysis = analyze(model)
-    chosen = pick_atoms(analysis, rng)
-    kill_atoms(model, analysis, chosen)
-    dead = model.to_onnx()
+    dead, _, chosen = with_dead_atoms(random_cnn(seed), np.random.default_rng(seed))
     data = load_dataset(dead, None, limit=16, batch_size=4, seed=seed % 97)
     work = Model(dead)
     an = analyze(work)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from onnx import helper
 
 from _support.graphgen import random_cnn
-from _support.oracles import kill_atoms, pick_atoms
+from _support.oracles import with_dead_atoms
 from onnxprune.api import run_passes
 from onnxprune.channels import analyze
 from onnxprune.context import PassContext
@@ -52,12 +52,7 @@ def test_dead_channels_pruned_sequentially_leave_outputs_unchanged(seed, method)
     dead count, criterion=activation (a dead channel scores 0): sequential removes the
     dead channels and the outputs on the calibration data do not move; checker and onnxruntime
     accept the result. With ls every refit target is met exactly (the kept channels reproduce it)."""
-    rng = np.random.default_rng(seed)
-    model = Model(normalize(random_cnn(seed)))
-    analysis = analyze(model)
-    chosen = pick_atoms(analysis, rng)
-    kill_atoms(model, analysis, chosen)
-    dead = model.to_onnx()
+    dead, analysis, chosen = with_dead_atoms(random_cnn(seed), np.random.default_rng(seed))
     data = load_dataset(dead, None, limit=16, batch_size=8, seed=seed % 97)
     # the quota counts only the dead atoms the criterion measures (the others score NaN: never pruned)
     work = Model(dead)

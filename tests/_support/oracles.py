@@ -68,6 +68,16 @@ def pick_atoms(analysis, rng) -> list[int]:
     return chosen
 
 
+def with_dead_atoms(proto: onnx.ModelProto, rng) -> tuple[onnx.ModelProto, object, list[int]]:
+    """(dead model, its analysis, chosen atoms): random prunable atoms of the normalized
+    ``proto`` made exactly zero."""
+    model = Model(normalize(proto))
+    analysis = analyze(model)
+    chosen = pick_atoms(analysis, rng)
+    kill_atoms(model, analysis, chosen)
+    return model.to_onnx(), analysis, chosen
+
+
 def dead_channel_oracle(proto: onnx.ModelProto, seed: int, *, atol: float = 1e-5) -> int:
     """Kill random prunable atoms, prune exactly those, and check outputs are unchanged.
 
@@ -76,12 +86,7 @@ def dead_channel_oracle(proto: onnx.ModelProto, seed: int, *, atol: float = 1e-5
     """
     from onnxprune.verify import verify
 
-    rng = np.random.default_rng(seed)
-    model = Model(normalize(proto))
-    analysis = analyze(model)
-    chosen = pick_atoms(analysis, rng)
-    kill_atoms(model, analysis, chosen)
-    dead = model.to_onnx()
+    dead, analysis, chosen = with_dead_atoms(proto, np.random.default_rng(seed))
     work = Model(dead)
     analysis2 = analyze(work)
     assert [a.elements.keys() for a in analysis2.atoms] == [a.elements.keys() for a in analysis.atoms]
