@@ -34,5 +34,5 @@ def half_width(lost: int, gained: int, n: int) -> float:
 
 
 def describe(lost: int, gained: int, n: int) -> str:
-    """"±1.47 pts (95 %, paired: 18 lost, 13 gained of 744)"."""
-    return f"±{100 * half_width(lost, gained, n):.2f} pts (95 %, paired: {lost} lost, {gained} gained of {n})"
+    """"±1.47, 95 % paired: 18 lost, 13 gained of 744" (points; the text report's wording)."""
+    return f"±{100 * half_width(lost, gained, n):.2f}, 95 % paired: {lost} lost, {gained} gained of {n}"

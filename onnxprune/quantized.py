@@ -217,8 +217,9 @@ def float_graph_outputs(proto: onnx.ModelProto) -> list[str]:
     (ranges from 64 calibration images, 744 evaluation images) top-1 fell 0.81 points with
     the pair and 0.27 without, at the same latency (12.69 vs 12.62 ms: onnxruntime runs the
     DequantizeLinear → Gemm head as an int8 Gemm with float output); with ranges from 128 or
-    256 images the two differ by one image either way (passes/quantize.py). Kept after Conv/ConvTranspose (:data:`NEEDS_OUTPUT_Q`), and
-    wherever the quantized value has another reader."""
+    256 images the two differ by one image either way (passes/quantize.py). Kept after
+    Conv/ConvTranspose (:data:`NEEDS_OUTPUT_Q`), and wherever the quantized value has another
+    reader."""
     g = proto.graph
     producer = {o: n for n in g.node for o in n.output}
     readers: Counter[str] = Counter(i for n in g.node for i in n.input)

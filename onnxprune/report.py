@@ -302,9 +302,10 @@ def _validation_tables(report: dict[str, Any]) -> list[Table]:
         d = _num(acc.get("delta"))
         delta = "nan" if d is None or math.isnan(d) else f"{d * 100:+.2f}"
         unsure = ""
-        if acc.get("lost") is not None and acc.get("ci95") is not None:
-            unsure = (f" ±{100 * acc['ci95']:.2f}, 95 % paired: {acc['lost']} lost, {acc['gained']} gained "
-                      f"of {acc.get('n')}")
+        if acc.get("lost") is not None and acc.get("n"):
+            from onnxprune.paired import describe
+
+            unsure = " " + describe(acc["lost"], acc["gained"], acc["n"])
         vrows.append(["top-1 accuracy", f"{_pct(acc.get('before'))} -> {_pct(acc.get('after'))} ({delta} pts{unsure})"])
     lat = v.get("latency")
     if lat:

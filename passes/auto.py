@@ -483,7 +483,7 @@ class _Search:
                     "mode": mode, "round": rnd + 1}
             p = self.measure(f"round {rnd + 1}", proto, levels, pred)
             p["_proto"] = proto
-            if p["holds_quality"] and levels:  # confirm on the other fold before it counts (winner's curse)
+            if p["holds_quality"]:  # confirm on the other fold before it counts (winner's curse)
                 self.cross_fit(p, self.point_rebuild(levels, use_q))
             if p["holds_quality"] and p["meets_target"]:
                 return p

@@ -24,6 +24,6 @@ def test_half_width_is_the_normal_interval_of_the_per_sample_differences(pairs) 
 
 def test_no_discordant_sample_no_width_and_the_text() -> None:
     assert half_width(0, 0, 744) == 0.0
-    assert describe(18, 13, 744) == "±1.47 pts (95 %, paired: 18 lost, 13 gained of 744)"
+    assert describe(18, 13, 744) == "±1.47, 95 % paired: 18 lost, 13 gained of 744"
     with pytest.raises(ValueError, match="equal lengths"):
         discordant(np.ones(3, bool), np.ones(4, bool))

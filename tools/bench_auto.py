@@ -190,17 +190,12 @@ def main() -> int:
 def paired(ev: Evaluator, model: Any) -> tuple[int, int]:
     """(lost, gained): evaluation images the original classifies right and ``model`` wrong,
     and the reverse (the drop's paired 95 % interval: :mod:`onnxprune.paired`)."""
-    import numpy as np
+    from onnxprune.validate import correct
 
     ev.baseline()
-    c = ev.classifier
-    assert c is not None and ev.data.labels is not None
-
-    def correct(outs: list[dict[str, Any]]) -> Any:
-        pred = np.concatenate([np.asarray(o[c]).reshape(len(o[c]), -1).argmax(1) for o in outs])
-        return pred == ev.data.labels[: len(pred)]
-
-    return discordant(correct(ev.reference), correct(ev.run(model)))
+    c, labels = ev.classifier, ev.data.labels
+    assert c is not None and labels is not None
+    return discordant(correct([o[c] for o in ev.reference], labels), correct([o[c] for o in ev.run(model)], labels))
 
 
 def anchors(proto: Any, ctx: Any, ev: Evaluator, feed: Any) -> list[dict[str, Any]]:
