@@ -8,7 +8,8 @@ mean²) / n, and the 95 % interval is ±1.96·sqrt(var) (normal approximation).
 
 Why it is reported everywhere a drop is: at the sample counts users calibrate and check
 with, the interval is as wide as the budget. Measured here on mobilenetv2 int8: 31
-discordant images of 744 give ±1.5 points; 6 of 128 give ±1.9, for a 1-point budget.
+discordant images of 744 give ±1.5 points; on 128 images 3 to 7 discordant ones give ±2.6
+to ±4.0 (tools/exp_quantize_folds.py), for a 1-point budget.
 """
 from __future__ import annotations
 

@@ -212,14 +212,11 @@ def float_graph_outputs(proto: onnx.ModelProto) -> list[str]:
     on a graph output, so that the model's consumer reads the producer's float result; in
     place; returns the outputs freed.
 
-    Why: the pair rounds the final result to 8 bits and buys no speed (it is the last op).
-    For a classifier it rounds the logits, and near-tied logits flip: measured on mobilenetv2
-    (ranges from 64 calibration images, 744 evaluation images) top-1 fell 0.81 points with
-    the pair and 0.27 without, at the same latency (12.69 vs 12.62 ms: onnxruntime runs the
-    DequantizeLinear → Gemm head as an int8 Gemm with float output); with ranges from 128 or
-    256 images the two differ by one image either way (passes/quantize.py). Kept after
-    Conv/ConvTranspose (:data:`NEEDS_OUTPUT_Q`), and wherever the quantized value has another
-    reader."""
+    Why: the pair rounds the final result to 8 bits (for a classifier, the logits) and buys
+    no speed: it is the last op, and onnxruntime runs the DequantizeLinear → Gemm head as an
+    int8 Gemm with float output. Measured on mobilenetv2 it is a wash on top-1 (one image
+    either way, passes/quantize.py). Kept after Conv/ConvTranspose (:data:`NEEDS_OUTPUT_Q`),
+    and wherever the quantized value has another reader."""
     g = proto.graph
     producer = {o: n for n in g.node for o in n.output}
     readers: Counter[str] = Counter(i for n in g.node for i in n.input)

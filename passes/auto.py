@@ -412,9 +412,10 @@ class _Search:
 
         Why, for the quantize-only point: quantization's drop is the search's largest single
         loss, and at 128 check images one image is 0.78 points. Measured on mobilenetv2
-        (percentile ranges, 128 images each way): 2.34 points one way, 0.78 the other, while the
-        744 evaluation images gave 0.54 and 1.88 for the two fits: which samples fit the
-        ranges moves the result as much as which samples score it.
+        (percentile ranges, 128 images each way, graph outputs quantized;
+        tools/exp_quantize_folds.py): 2.34 points one way, 0.78 the other, while the 744
+        evaluation images gave 0.54 and 1.88 for the two fits: which samples fit the ranges
+        moves the result as much as which samples score it.
 
         Why, for every point that holds the budget on the check part: the search keeps the
         first of several candidates that looks good there, and a check that chose is biased

@@ -39,10 +39,11 @@ this pass does what it leaves to its user:
   ``|``-separated fnmatch pattern; ``exclude=none`` quantizes everything;
 * ``float-outputs=true`` (default): the Q→DQ pair onnxruntime puts on each graph output is
   removed, so a classifier's logits are not rounded to 8 bits (it is the last op: no speed
-  is lost). Measured on mobilenetv2 (744 evaluation images, ranges from 64 calibration
-  images): top-1 drop 0.81 → 0.27 points at the same latency; from 128 / 128 / 256 images:
-  0.54 / 1.88 / 0.40 → 0.67 / 1.75 / 0.54 (one image is 0.13: a wash), and on the 128
-  held-out halves auto checks on, 2.34 / 0.78 → 1.56 / -0.78
+  is lost). Measured on mobilenetv2 (``python tools/exp_quantize_folds.py mobilenetv2
+  quantize quantize:float-outputs=false``; ranges from 128 / 128 / 256 / 64 calibration
+  images), top-1 drop on the 744 evaluation images with the pair 0.54 / 1.88 / 0.40 / 0.40,
+  without it 0.67 / 1.75 / 0.54 / 0.81 (one image is 0.13: a wash), and on the 128-image
+  halves auto checks on, 2.34 / 0.78 with it, 1.56 / -0.78 without
   (:func:`onnxprune.quantized.float_graph_outputs`);
 * a model that arrives quantized (QDQ or QLinear ops) is reported as such, unchanged.
 
